@@ -46,7 +46,7 @@ def step(m, x, y):
   x.grad = None
   loss = m(x, y).loss
   loss.backward()
-  return float(loss)
+  return loss.item()
 
 
 if __name__ == "__main__":
