@@ -39,6 +39,30 @@ def choose_chunk_size(num_rows: int, vocab: int, chunk_size: int | None) -> int:
   return min(c, vocab)
 
 
+def _varying_axes(x) -> frozenset:
+  aval = jax.typeof(x)
+  mat = getattr(aval, "manual_axis_type", None)  # newer jax
+  if mat is not None:
+    return frozenset(mat.varying)
+  return frozenset(getattr(aval, "vma", frozenset()))
+
+
+def _varying_like(init, *refs):
+  """Marks loop-carry initial values as varying over the mesh axes the operands
+  vary over (needed inside ``shard_map``; a no-op elsewhere)."""
+  vma = frozenset().union(*(_varying_axes(r) for r in refs if r is not None))
+  return make_varying(init, vma)
+
+
+def make_varying(tree, axes):
+  """``lax.pcast(..., to="varying")`` every leaf over the ``axes`` it lacks."""
+  def cast(a):
+    missing = tuple(sorted(frozenset(axes) - _varying_axes(a)))
+    return lax.pcast(a, missing, to="varying") if missing else a
+
+  return jax.tree.map(cast, tree)
+
+
 def _acc_dtype(x, weight):
   return _checks.compute_dtype(x, weight)
 
@@ -81,6 +105,7 @@ def _forward_stats(x, weight, bias, labels, class_weight, c, smooth):
 
   init = (jnp.full((n,), -jnp.inf, f32), jnp.zeros((n,), f32),
           jnp.zeros((n,), f32), jnp.zeros((n,), f32))
+  init = _varying_like(init, x, weight, bias, labels, class_weight)
   m, s, zy, zw = lax.fori_loop(0, num_chunks, body, init)
   return m + jnp.log(s), zy, zw
 
@@ -136,6 +161,7 @@ def _linear_stats_bwd(c, smooth, res, cts):
 
   init = (jnp.zeros(x.shape, acc), jnp.zeros_like(weight),
           None if bias is None else jnp.zeros_like(bias))
+  init = _varying_like(init, x, weight, bias, labels, class_weight, lse)
   dx, dw, db = lax.fori_loop(0, -(-vocab // c), body, init)
   dcw = None if class_weight is None else jnp.zeros_like(class_weight)
   return dx.astype(x.dtype), dw, db, None, dcw
