@@ -59,7 +59,7 @@ def _tf_sampled_loss_from_rows(x_NxD, true_w_NxTxD, true_b_NxT, sampled_w_SxD, s
   true_logits = jnp.einsum("nd,ntd->nt", x_NxD, true_w_NxTxD,
                            preferred_element_type=acc) + true_b_NxT.astype(acc)
   sampled_logits = jnp.dot(x_NxD, sampled_w_SxD.T,
-                           preferred_element_type=acc) + sampled_b_S.astype(acc)
+                           preferred_element_type=acc) + sampled_b_S.astype(acc)[None, :]
   if remove_accidental_hits:
     hit = jnp.zeros(sampled_logits.shape, bool)
     for t in range(labels_NxT.shape[-1]):
