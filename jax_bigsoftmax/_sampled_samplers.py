@@ -27,8 +27,9 @@ frequencies closely (``tests/test_sampled_samplers.py`` checks log-uniform
 V=100/S=20 and V=60/S=45, and a Zipf unigram V=150/S=25, within 4 standard
 errors + 0.008). Its error grows when a few classes hold most of the mass and
 S is close to their number: we measured max |error| 0.007 (log-uniform V=50,
-S=10), 0.01 (V=20, S=5) and 0.03 (unigram over 6 classes, S=3). TF's
-``num_tries`` formula errs by 0.02-0.03 on the same small cases. ``t`` depends
+S=10), 0.01 (V=20, S=5) and 0.03 (unigram over 6 classes, S=3); TF's form
+``1 - (1 - P)**n`` with the n that solves the same sum errs by 0.021 and 0.026
+on the first two (we did not measure TF's per-call n). ``t`` depends
 only on (P, S): it is solved once in NumPy at trace time and cached.
 """
 from __future__ import annotations
