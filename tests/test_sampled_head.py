@@ -52,12 +52,18 @@ def test_params_and_training_loss_is_tf_sampled_softmax(monkeypatch):
 
   monkeypatch.setattr(jbs_sampled_head, "sampled_softmax_loss", spy)
   key = jax.random.key(3)
-  out = head.apply(params, x, y, rngs={"sampler": key})
+
+  @jax.jit
+  def run(params, x, y):
+    out = head.apply(params, x, y, rngs={"sampler": key})
+    return out, seen[-1][1]["key"]  # the key the head drew from the "sampler" stream
+
+  out, used_key = run(params, x, y)
   assert out.shape == (2, 3)
-  (args, kw), = seen
   w, b = params["params"]["weight"], params["params"]["bias"]
   # the head's numbers are the functional loss with a key from the "sampler" stream
-  want = real(w, b, y.reshape(-1, 1), x.reshape(-1, D), 8, V, 1, None, True, key=kw["key"])
+  want = jax.jit(lambda k: real(w, b, y.reshape(-1, 1), x.reshape(-1, D), 8, V, 1, None, True,
+                                key=k))(used_key)
   np.testing.assert_allclose(out.reshape(-1), want, rtol=1e-6)
   monkeypatch.undo()
   f = jax.jit(lambda p, x, y, k: head.apply(p, x, y, rngs={"sampler": k}))
@@ -131,7 +137,6 @@ def test_head_errors():
   head = jbs.SampledSoftmaxLoss(num_classes=V, features=D, num_sampled=5, num_true=2)
   with pytest.raises(ValueError, match=r"labels must have shape \(4, 2\)"):
     head.init(jax.random.key(0), x, y, deterministic=True)
-  head1 = jbs.SampledSoftmaxLoss(num_classes=V, features=D, num_sampled=5)
-  params = head1.init(jax.random.key(0), x, y, deterministic=True)
+  head1, params = _params(1)
   with pytest.raises(Exception, match="sampler"):  # no "sampler" rng stream given
-    head1.apply(params, x, y)
+    jax.jit(lambda p: head1.apply(p, x, y))(params)
