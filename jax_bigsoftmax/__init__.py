@@ -13,8 +13,22 @@ from jax_bigsoftmax._vocab_parallel import vocab_parallel_cross_entropy
 # --- hierarchical sigmoid (issue 3) ---
 
 # --- adaptive softmax (issue 4) ---
+from jax_bigsoftmax._adaptive import adaptive_log_prob
+from jax_bigsoftmax._adaptive import adaptive_log_softmax_with_loss
+from jax_bigsoftmax._adaptive import adaptive_predict
+from jax_bigsoftmax._adaptive_cutoffs import adaptive_cost
+from jax_bigsoftmax._adaptive_cutoffs import frequency_sort
+from jax_bigsoftmax._adaptive_cutoffs import suggest_cutoffs
+from jax_bigsoftmax._adaptive_head import AdaptiveLogSoftmaxWithLoss
+from jax_bigsoftmax._adaptive_head import ASMOutput
 
 # --- sampled softmax (issue 5) ---
+from jax_bigsoftmax._sampled import sampled_softmax_loss
+from jax_bigsoftmax._sampled import sampled_softmax_with_cross_entropy
+from jax_bigsoftmax._sampled_head import SampledSoftmaxLoss
+from jax_bigsoftmax._sampled_samplers import fixed_unigram_candidate_sampler
+from jax_bigsoftmax._sampled_samplers import log_uniform_candidate_sampler
+from jax_bigsoftmax._sampled_samplers import uniform_candidate_sampler
 
 __version__ = "0.1.0"
 
@@ -29,5 +43,19 @@ __all__ = (
     "vocab_parallel_cross_entropy",
     # hsigmoid
     # adaptive
+    "adaptive_log_prob",
+    "adaptive_log_softmax_with_loss",
+    "adaptive_predict",
+    "adaptive_cost",
+    "frequency_sort",
+    "suggest_cutoffs",
+    "AdaptiveLogSoftmaxWithLoss",
+    "ASMOutput",
     # sampled
+    "SampledSoftmaxLoss",
+    "fixed_unigram_candidate_sampler",
+    "log_uniform_candidate_sampler",
+    "sampled_softmax_loss",
+    "sampled_softmax_with_cross_entropy",
+    "uniform_candidate_sampler",
 )
