@@ -15,12 +15,12 @@ out [hsz_i, osz_i])``.
 
 Static shapes under ``jit``: a tail cluster is only evaluated on the rows whose
 target falls in it. Those rows are gathered (their indices sorted to the front
-with ``jnp.nonzero(size=...)``) and processed in blocks: full blocks of
-``capacity`` rows in a ``while_loop``, then the remainder in power-of-two
-blocks (``capacity/2, ..., 16``) each behind a ``lax.cond``, so a cluster with
-``k`` targets costs ``k`` rows rounded up to 16, a cluster with no target costs
-a few scalar compares, and an overflowing cluster simply runs more blocks:
-results are exact for every batch. The backward pass is a ``custom_vjp`` that
+with ``jnp.nonzero(size=...)``) and processed in blocks by a few
+``while_loop`` levels: blocks of ``capacity`` rows, then of ``capacity/8``,
+``capacity/64``, ... (>= 16 rows) for the remainder, so a cluster with ``k``
+targets costs ``k`` rows plus less than one smallest block of padding, a cluster
+with no target costs a few scalar compares, and an overflowing cluster simply
+runs more blocks: results are exact for every batch. The backward pass is a ``custom_vjp`` that
 walks the same blocks (recomputing the tail logits), so memory stays
 ``O(capacity * osz)`` per cluster.
 """
@@ -38,6 +38,7 @@ from jax import lax
 from jax_bigsoftmax import _checks
 
 _MIN_BLOCK = 16
+_LEVEL_FACTOR = 8
 # Default capacity keeps one block's [rows, osz] float32 logits <= 128 MiB.
 _BLOCK_BUDGET = 1 << 25
 
@@ -184,40 +185,37 @@ def _prepare(input, label, head_weight, tail_weights, cutoffs, head_bias):
 # ----------------------------------------------------------------------------
 
 
+def _block_sizes(capacity: int) -> tuple[int, ...]:
+  """``capacity, capacity/8, capacity/64, ...`` down to at least 16 rows."""
+  sizes = [capacity]
+  while sizes[-1] // _LEVEL_FACTOR >= _MIN_BLOCK:
+    sizes.append(sizes[-1] // _LEVEL_FACTOR)
+  return tuple(sizes)
+
+
 def _run_blocks(body, carry, count, capacity: int):
   """Calls ``carry = body(carry, start, size)`` over blocks covering ``count``.
 
-  Full blocks of ``capacity`` rows run in a ``while_loop``; the remainder is
-  covered greedily by power-of-two blocks below ``capacity`` (each behind a
-  ``lax.cond``) and one last block of the smallest size.
+  Level ``k`` runs ``floor(left / size_k)`` blocks of ``size_k`` rows in a
+  ``while_loop`` (the last level rounds up), with sizes ``capacity,
+  capacity/8, ...`` (>= 16): the padding is less than the smallest size and
+  only a handful of loop bodies are compiled.
   """
-  n_full = count // capacity
+  sizes = _block_sizes(capacity)
+  pos = jnp.zeros_like(count)
+  for k, size in enumerate(sizes):
+    left = count - pos
+    n_blocks = (left + size - 1) // size if k == len(sizes) - 1 else left // size
 
-  def loop_body(state):
-    b, c = state
-    return b + 1, body(c, b * capacity, capacity)
+    def loop_body(state, size=size):
+      b, start, c = state
+      return b + 1, start + size, body(c, start, size)
 
-  _, carry = lax.while_loop(
-      lambda s: s[0] < n_full, loop_body, (jnp.zeros_like(n_full), carry)
-  )
-  pos = n_full * capacity
-  smallest = min(capacity, _MIN_BLOCK)
-  size = _next_pow2(capacity) // 2
-  while size >= smallest and size < capacity:
-    take = count - pos >= size
-    carry = lax.cond(
-        take, functools.partial(_call_at, body, size), lambda c, p: c, carry, pos
+    _, pos, carry = lax.while_loop(
+        lambda s, n=n_blocks: s[0] < n, loop_body,
+        (jnp.zeros_like(count), pos, carry),
     )
-    pos = pos + jnp.where(take, size, 0)
-    size //= 2
-  return lax.cond(
-      count > pos, functools.partial(_call_at, body, smallest),
-      lambda c, p: c, carry, pos,
-  )
-
-
-def _call_at(body, size, carry, start):
-  return body(carry, start, size)
+  return carry
 
 
 def _rows(order, count, start, size: int):
@@ -319,18 +317,16 @@ def _head_logits(x, head_weight, head_bias, cdt):
   op = jnp.result_type(x, head_weight)
   logits = jnp.dot(x.astype(op), head_weight.astype(op), preferred_element_type=cdt)
   if head_bias is not None:
-    logits = logits + head_bias.astype(cdt)
+    logits = logits + head_bias.astype(cdt)[None, :]
   return logits
 
 
-def target_logprob(
-    x, labels, head_weight, tail_weights, bounds, head_bias, capacity, ignore_index
-):
+@functools.partial(jax.jit, static_argnames=("bounds", "caps", "ignore_index"))
+def target_logprob(x, labels, head_weight, tail_weights, head_bias, *, bounds, caps,
+                   ignore_index):
   """Per-row target log-probability ``[N]`` (0 where ignored, NaN if invalid)."""
-  n = x.shape[0]
   cdt = _checks.compute_dtype(x, head_weight, *[w for p in tail_weights for w in p])
   shortlist, n_classes = bounds[0], bounds[-1]
-  caps = _capacities(capacity, bounds, n)
   ignored = (
       jnp.zeros(labels.shape, bool) if ignore_index is None
       else labels == ignore_index
@@ -354,7 +350,8 @@ def target_logprob(
   return jnp.where(bad, jnp.nan, result)
 
 
-def full_log_prob(x, head_weight, tail_weights, bounds, head_bias):
+@functools.partial(jax.jit, static_argnames=("bounds",))
+def full_log_prob(x, head_weight, tail_weights, head_bias, *, bounds):
   cdt = _checks.compute_dtype(x, head_weight, *[w for p in tail_weights for w in p])
   head_lp = jax.nn.log_softmax(_head_logits(x, head_weight, head_bias, cdt), axis=-1)
   sl = bounds[0]
@@ -437,9 +434,9 @@ def adaptive_log_softmax_with_loss(
   )
   out = target_logprob(
       x, labels, jnp.asarray(head_weight),
-      [(jnp.asarray(p), jnp.asarray(o)) for p, o in tail_weights], bounds,
-      None if head_bias is None else jnp.asarray(head_bias), capacity,
-      ignore_index,
+      [(jnp.asarray(p), jnp.asarray(o)) for p, o in tail_weights],
+      None if head_bias is None else jnp.asarray(head_bias), bounds=bounds,
+      caps=_capacities(capacity, bounds, x.shape[0]), ignore_index=ignore_index,
   )
   if ignore_index is None:
     loss = -jnp.mean(out)
@@ -485,8 +482,8 @@ def adaptive_log_prob(
   )
   lp = full_log_prob(
       x, jnp.asarray(head_weight),
-      [(jnp.asarray(p), jnp.asarray(o)) for p, o in tail_weights], bounds,
-      None if head_bias is None else jnp.asarray(head_bias),
+      [(jnp.asarray(p), jnp.asarray(o)) for p, o in tail_weights],
+      None if head_bias is None else jnp.asarray(head_bias), bounds=bounds,
   )
   return jnp.reshape(lp, (*lead, bounds[-1]))
 
@@ -533,17 +530,23 @@ def adaptive_predict(
   head_weight = jnp.asarray(head_weight)
   tails = [(jnp.asarray(p), jnp.asarray(o)) for p, o in tail_weights]
   head_bias = None if head_bias is None else jnp.asarray(head_bias)
-  n, sl = x.shape[0], bounds[0]
+  n = x.shape[0]
   if capacity is None:
     cap = max(_MIN_BLOCK, 1 << max(0, (_BLOCK_BUDGET // bounds[-1]).bit_length() - 1))
     cap = min(cap, _next_pow2(max(n, 1)))
   else:
-    (cap,) = _capacities(capacity, bounds[:2], n)
+    (cap,) = _capacities(capacity, (0, 1), n)
+  return jnp.reshape(_predict(x, head_weight, tails, head_bias, bounds=bounds, cap=cap), lead)
+
+
+@functools.partial(jax.jit, static_argnames=("bounds", "cap"))
+def _predict(x, head_weight, tails, head_bias, *, bounds, cap):
+  sl = bounds[0]
   cdt = _checks.compute_dtype(x, head_weight, *[w for p in tails for w in p])
   logits = _head_logits(x, head_weight, head_bias, cdt)
   first = jnp.argmax(logits, axis=-1).astype(jnp.int32)
   if not tails:
-    return jnp.reshape(first, lead)
+    return first
   head_lp = jax.nn.log_softmax(logits, axis=-1)
   order, count = _gather_order(first >= sl, cap)
 
@@ -563,4 +566,4 @@ def adaptive_predict(
     return pred.at[idx].set(best, mode="drop")
 
   pred = _run_blocks(body, first, count, cap)
-  return jnp.reshape(pred, lead)
+  return pred

@@ -133,7 +133,8 @@ class SampledSoftmaxLoss(nn.Module):
 
   def log_prob(self, inputs: ArrayLike) -> jax.Array:
     x, w, b = self._cast(inputs)
-    logits = jnp.dot(x, w.T, preferred_element_type=jnp.float32) + b.astype(jnp.float32)
+    logits = jnp.dot(x, w.T, preferred_element_type=jnp.float32)
+    logits = logits + b.astype(jnp.float32).reshape((1,) * (logits.ndim - 1) + (-1,))
     return jax.nn.log_softmax(logits, axis=-1)
 
   def predict(self, inputs: ArrayLike) -> jax.Array:
