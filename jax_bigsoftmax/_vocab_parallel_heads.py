@@ -386,8 +386,8 @@ def vocab_parallel_adaptive_log_softmax_with_loss(
   caps = _adaptive._capacities(capacity, bounds, n_local)
   head_weight = jnp.asarray(head_weight)
   head_bias = None if head_bias is None else jnp.asarray(head_bias)
-  head_lp = _adaptive.target_logprob(x, labels, head_weight, [], bounds, head_bias, capacity,
-                                     ignore_index)
+  head_lp = _adaptive.target_logprob(x, labels, head_weight, [], head_bias, bounds=bounds,
+                                     caps=caps, ignore_index=ignore_index)
   cdt = _checks.compute_dtype(x, head_weight, packed.buffer)
   ignored = (jnp.zeros(labels.shape, bool) if ignore_index is None else labels == ignore_index)
   clean = jnp.where(ignored | (labels < 0) | (labels >= bounds[-1]), -1, labels)
