@@ -1,4 +1,6 @@
 """Vocabulary-parallel cross-entropy over the 8 CPU devices == single device."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -290,3 +292,13 @@ def test_adaptive_errors():
     jbs.pack_adaptive_tails([tails[0], (tails[1][0].astype(jnp.bfloat16), tails[1][1])], 2)
   with pytest.raises(ValueError, match="num_shards must be an int >= 1"):
     jbs.pack_adaptive_tails(tails, 0)
+
+
+def test_docs_example_runs(capsys):
+  """The usage example in docs/vocab_parallel.md is runnable and checks itself."""
+  path = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "vocab_parallel.md")
+  with open(path) as f:
+    text = f.read()
+  code = text.split("```python\n", 1)[1].split("```", 1)[0]
+  exec(compile(code, path, "exec"), {"__name__": "docs_example"})
+  assert capsys.readouterr().out.startswith("ok ")
