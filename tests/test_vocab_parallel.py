@@ -294,6 +294,7 @@ def test_adaptive_errors():
     jbs.pack_adaptive_tails(tails, 0)
 
 
+@pytest.mark.slow
 def test_docs_example_runs(capsys):
   """The usage example in docs/vocab_parallel.md is runnable and checks itself."""
   path = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "vocab_parallel.md")
