@@ -355,7 +355,7 @@ def vocab_parallel_adaptive_log_softmax_with_loss(
     >>> head = jnp.zeros((4, 3)); tails = [(jnp.ones((4, 1)), jnp.zeros((1, 2)))]
     >>> out, loss = jbs.vocab_parallel_adaptive_log_softmax_with_loss(
     ...     jnp.ones((2, 4)), jnp.array([0, 3]), head, tails, [2, 4], mesh=mesh)
-    >>> out.round(4).tolist(), float(loss.round(4))
+    >>> [round(float(o), 4) for o in out], round(float(loss), 4)
     ([-1.0986, -1.7918], 1.4452)
 
   References:
