@@ -9,6 +9,11 @@ from jax_bigsoftmax._full_head import FullSoftmaxLoss
 from jax_bigsoftmax._linear_ce import linear_argmax
 from jax_bigsoftmax._linear_ce import linear_cross_entropy
 from jax_bigsoftmax._vocab_parallel import vocab_parallel_cross_entropy
+from jax_bigsoftmax._vocab_parallel_heads import PackedAdaptiveTails
+from jax_bigsoftmax._vocab_parallel_heads import pack_adaptive_tails
+from jax_bigsoftmax._vocab_parallel_heads import unpack_adaptive_tails
+from jax_bigsoftmax._vocab_parallel_heads import vocab_parallel_adaptive_log_softmax_with_loss
+from jax_bigsoftmax._vocab_parallel_heads import vocab_parallel_sampled_softmax_loss
 
 # --- hierarchical sigmoid (issue 3) ---
 
@@ -41,6 +46,11 @@ __all__ = (
     "linear_cross_entropy",
     "nll_loss",
     "vocab_parallel_cross_entropy",
+    "PackedAdaptiveTails",
+    "pack_adaptive_tails",
+    "unpack_adaptive_tails",
+    "vocab_parallel_adaptive_log_softmax_with_loss",
+    "vocab_parallel_sampled_softmax_loss",
     # hsigmoid
     # adaptive
     "adaptive_log_prob",
