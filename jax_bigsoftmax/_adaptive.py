@@ -36,6 +36,7 @@ import numpy as np
 from jax import lax
 
 from jax_bigsoftmax import _checks
+from jax_bigsoftmax._sharding import varying_like as _varying_like
 
 _MIN_BLOCK = 16
 _LEVEL_FACTOR = 8
@@ -211,10 +212,8 @@ def _run_blocks(body, carry, count, capacity: int):
       b, start, c = state
       return b + 1, start + size, body(c, start, size)
 
-    _, pos, carry = lax.while_loop(
-        lambda s, n=n_blocks: s[0] < n, loop_body,
-        (jnp.zeros_like(count), pos, carry),
-    )
+    init = _varying_like((jnp.zeros_like(count), pos, carry), count, pos, carry)
+    _, pos, carry = lax.while_loop(lambda s, n=n_blocks: s[0] < n, loop_body, init)
   return carry
 
 
@@ -267,7 +266,8 @@ def _cluster_fwd(capacity, x, proj, out, rel, mask):
     return acc, lse_acc
 
   zeros = jnp.zeros((n,), cdt)
-  acc, lse_n = _run_blocks(body, (zeros, zeros), count, capacity)
+  init = _varying_like((zeros, zeros), x, proj, out, rel, mask)
+  acc, lse_n = _run_blocks(body, init, count, capacity)
   return acc, (x, proj, out, rel, mask, order, count, lse_n)
 
 
@@ -298,6 +298,7 @@ def _cluster_bwd(capacity, res, g):
       jnp.zeros(x.shape, cdt), jnp.zeros(proj.shape, cdt),
       jnp.zeros(out.shape, cdt),
   )
+  init = _varying_like(init, x, proj, out, rel, mask, g)
   dx, dproj, dout = _run_blocks(body, init, count, capacity)
   return (
       dx.astype(x.dtype), dproj.astype(proj.dtype), dout.astype(out.dtype),

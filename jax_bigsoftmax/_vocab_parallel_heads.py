@@ -34,6 +34,7 @@ from jax.typing import ArrayLike
 from jax_bigsoftmax import _adaptive, _checks
 from jax_bigsoftmax._sampled import _check_bool, _check_count, _tf_sampled_loss_from_rows
 from jax_bigsoftmax._sampled_samplers import log_uniform_candidate_sampler
+from jax_bigsoftmax._sharding import make_varying
 from jax_bigsoftmax._vocab_parallel import _check_mesh_axes
 
 
@@ -394,7 +395,7 @@ def vocab_parallel_adaptive_log_softmax_with_loss(
   clean = clean.astype(jnp.int32)
 
   def shard_tails(s, x, row, y):
-    acc = jnp.zeros(y.shape, cdt)
+    acc = make_varying(jnp.zeros(y.shape, cdt), axes)  # a shard may own no cluster
     for i in (i for i, o in enumerate(packed.owner) if o == s):
       sp, so = packed.cluster_slices(i)
       h, o = packed.hidden_sizes[i], packed.out_sizes[i]
@@ -403,14 +404,19 @@ def vocab_parallel_adaptive_log_softmax_with_loss(
       acc = acc + _adaptive._cluster_logprob(caps[i], x, proj, out, y - lo, (y >= lo) & (y < hi))
     return acc
 
+  axes = tuple(a for a in (data_axis, vocab_axis) if a is not None)
+
   def local(x, buf, y):
+    # Operands vary over every mesh axis inside; autodiff psums the gradients
+    # of the replicated ones (x over vocab, the tail buffer over data).
+    x, buf, y = make_varying((x, buf, y), axes)
     branches = [lambda x, r, y, s=s: shard_tails(s, x, r, y) for s in range(n_shards)]
     tail = lax.switch(lax.axis_index(vocab_axis), branches, x, buf[0], y)
     return lax.psum(tail, vocab_axis)
 
   tail_lp = jax.shard_map(local, mesh=mesh,
                           in_specs=(P(data_axis, None), P(vocab_axis, None), P(data_axis)),
-                          out_specs=P(data_axis), check_vma=False)(x, packed.buffer, clean)
+                          out_specs=P(data_axis))(x, packed.buffer, clean)
   out = head_lp + tail_lp.astype(head_lp.dtype)
   if ignore_index is None:
     loss = -jnp.mean(out)
