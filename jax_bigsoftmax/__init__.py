@@ -10,6 +10,12 @@ from jax_bigsoftmax._linear_ce import linear_argmax
 from jax_bigsoftmax._linear_ce import linear_cross_entropy
 
 # --- hierarchical sigmoid (issue 3) ---
+from jax_bigsoftmax._hsigmoid import hsigmoid_log_prob
+from jax_bigsoftmax._hsigmoid import hsigmoid_loss
+from jax_bigsoftmax._hsigmoid import hsigmoid_predict
+from jax_bigsoftmax._hsigmoid_head import HSigmoidLoss
+from jax_bigsoftmax._hsigmoid_tree import default_tree
+from jax_bigsoftmax._hsigmoid_tree import huffman_tree
 
 # --- adaptive softmax (issue 4) ---
 
@@ -26,6 +32,12 @@ __all__ = (
     "linear_cross_entropy",
     "nll_loss",
     # hsigmoid
+    "HSigmoidLoss",
+    "default_tree",
+    "hsigmoid_log_prob",
+    "hsigmoid_loss",
+    "hsigmoid_predict",
+    "huffman_tree",
     # adaptive
     # sampled
 )

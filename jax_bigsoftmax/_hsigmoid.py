@@ -1,0 +1,423 @@
+"""Hierarchical sigmoid (``paddle.nn.functional.hsigmoid_loss``) for JAX.
+
+Each class is a leaf of a binary tree whose non-leaf nodes are binary
+classifiers ``z = weight[node] . x + bias[node]``; the probability of a class
+is the product of the branch probabilities on its path, so a loss costs
+``O(D log C)`` instead of ``O(D C)``.
+
+The loss is a per-example kernel ``vmap``-ped over the batch, with a
+``lax.scan`` over the path positions (leaf to root). Trees are described in
+``_hsigmoid_tree.py``.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.typing import ArrayLike
+
+from jax_bigsoftmax import _checks
+from jax_bigsoftmax import _hsigmoid_tree as _tree
+
+_CLIP = 40.0  # Paddle clips the node logits to [-40, 40]
+
+
+@jax.custom_jvp
+def _paddle_clip(z):
+  return jnp.clip(z, -_CLIP, _CLIP)
+
+
+@_paddle_clip.defjvp
+def _paddle_clip_jvp(primals, tangents):
+  # Paddle's backward ignores the clip (TODO in hsigmoid_loss_grad.h): the
+  # gradient is sigmoid(clip(z)) - bit even where |z| > 40.
+  return _paddle_clip(primals[0]), tangents[0]
+
+
+def _check_weight_bias(input, weight, bias):
+  _checks.check_floating("input", input)
+  _checks.check_floating("weight", weight)
+  _checks.check_ndim("input", input, min_ndim=1)
+  _checks.check_ndim("weight", weight, ndim=2)
+  d = jnp.shape(input)[-1]
+  rows, wd = jnp.shape(weight)
+  if wd != d:
+    raise ValueError(f"weight must have shape (num_nodes, {d}) to match input's feature size"
+                     f" {d}; got {tuple(jnp.shape(weight))}.")
+  if rows < 1:
+    raise ValueError(f"weight must have at least one row; got shape {tuple(jnp.shape(weight))}.")
+  if bias is not None:
+    _checks.check_floating("bias", bias)
+    bs = tuple(jnp.shape(bias))
+    if bs not in ((rows,), (rows, 1)):
+      raise ValueError(f"bias must have shape ({rows},) or ({rows}, 1) (one per row of weight);"
+                       f" got {bs}.")
+  return rows
+
+
+def _default_rows(num_classes, rows):
+  if rows < num_classes - 1:
+    raise ValueError(f"weight must have num_classes - 1 = {num_classes - 1} rows for the default"
+                     f" tree of num_classes={num_classes}; got {rows} rows.")
+
+
+def _node_logit(x_D, node, weight, bias, dtype):
+  z = jnp.dot(weight[node].astype(dtype), x_D)
+  return z if bias is None else z + bias[node].astype(dtype)
+
+
+def _path_nll(x_D, nodes_L, bits_L, valid_L, weight, bias, *, paddle_compat, dtype):
+  """Per-example kernel: NLL of one path, scanned over its positions."""
+
+  def step(carry, pos):
+    node, bit, valid = pos
+    z = _node_logit(x_D, node, weight, bias, dtype)
+    if paddle_compat:
+      z = _paddle_clip(z)
+      # Paddle's arithmetic: log(1 + exp(z)) on every slot (z = 0, i.e. log 2,
+      # on padded ones) minus the sum of z over the bit-1 nodes.
+      soft = jnp.where(valid, jnp.log(1 + jnp.exp(z)), math.log(2.0))
+      return (carry[0] + soft, carry[1] + jnp.where(valid & bit, z, 0)), None
+    t = jax.nn.softplus(jnp.where(bit, -z, z))  # -log sigmoid(+-z)
+    return carry + jnp.where(valid, t, 0), None
+
+  zero = jnp.zeros((), dtype)
+  init = (zero, zero) if paddle_compat else zero
+  out, _ = lax.scan(step, init, (nodes_L, bits_L, valid_L))
+  return out[0] - out[1] if paddle_compat else out
+
+
+def _labels_2d(label, lead):
+  """Accepts ``[...]`` or Paddle's ``[..., 1]``; returns ``[...]``."""
+  ls = tuple(jnp.shape(label))
+  if ls == tuple(lead):
+    return jnp.asarray(label)
+  if ls == tuple(lead) + (1,):
+    return jnp.asarray(label)[..., 0]
+  raise ValueError(f"label must have shape {tuple(lead)} or {tuple(lead) + (1,)} (the leading"
+                   f" dims of input {tuple(lead) + ('D',)}); got {ls}.")
+
+
+def hsigmoid_loss(
+    input: ArrayLike,
+    label: ArrayLike,
+    num_classes: int,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    path_table: ArrayLike | None = None,
+    path_code: ArrayLike | None = None,
+    *,
+    is_sparse: bool = False,
+    paddle_compat: bool = False,
+) -> jax.Array:
+  r"""Hierarchical sigmoid loss, ``paddle.nn.functional.hsigmoid_loss``.
+
+  .. math::
+    \ell(x, y) = \sum_{j < len(y)} \mathrm{softplus}(-s_j z_j), \quad
+    z_j = w_{n_j} \cdot x + b_{n_j}, \quad s_j = 2\,\mathrm{bit}_j - 1
+
+  i.e. ``-log sigmoid(z)`` on bit-1 nodes and ``-log sigmoid(-z)`` on bit-0
+  nodes of the path ``n_0 .. n_{len-1}`` (leaf to root). On a full tree this
+  is exactly ``-log p(y | x)`` with leaf probabilities summing to 1.
+
+  With ``paddle_compat=True`` the numbers (and gradients) are Paddle's: ``z``
+  is clipped to ``[-40, 40]`` (the gradient passes through the clip, as in
+  Paddle), and ``log 2`` is added for each padded slot up to the longest path
+  (``(num_classes - 1).bit_length()`` for the default tree, ``L`` for custom
+  tables), so shorter paths cost more.
+
+  Trees: without tables, Paddle's default ``SimpleCode`` complete tree over
+  ``num_classes`` classes (``weight`` ``[num_classes - 1, D]``, see
+  :func:`default_tree`). With per-example ``path_table``/``path_code`` (e.g.
+  ``table[label]`` of a :func:`huffman_tree`), the path is given directly;
+  ``label`` is then not used (as in Paddle) and ``num_classes`` only
+  validated.
+
+  ``is_sparse`` is accepted for Paddle parity and changes nothing: JAX
+  gradients are dense arrays; the ``weight`` gradient is a scatter-add into
+  the rows on the batch's paths (all other rows are zero).
+
+  Out-of-range values: concrete labels / table entries raise ``ValueError``;
+  under ``jit`` a label outside ``[0, num_classes)`` (default tree) or a node
+  index ``>= weight.shape[0]`` (custom tables) gives NaN for that example
+  (use :func:`jax_bigsoftmax.checked` for an error inside ``jit``).
+
+  Args:
+    input: ``[..., D]`` float features.
+    label: ``[...]`` (or Paddle's ``[..., 1]``) int class ids.
+    num_classes: number of classes (default tree) or of non-leaf nodes
+      (custom tree); must be >= 2.
+    weight: ``[num_nodes, D]`` node weights (Paddle layout).
+    bias: optional ``[num_nodes]`` or ``[num_nodes, 1]``.
+    path_table: optional ``[..., L]`` int node rows per example, leaf to
+      root; a negative entry ends the path.
+    path_code: optional ``[..., L]`` int bits matching ``path_table``.
+    is_sparse: accepted for Paddle parity (no effect, see above).
+    paddle_compat: reproduce Paddle's clipping and padding quirks.
+
+  Returns:
+    ``[..., 1]`` per-example loss (float32 for half-precision inputs).
+
+  Examples:
+    >>> import jax.numpy as jnp, jax_bigsoftmax as jbs
+    >>> x, w = jnp.ones((2, 3)), jnp.zeros((4, 3))
+    >>> jbs.hsigmoid_loss(x, jnp.array([0, 4]), 5, w).round(4).tolist()
+    [[1.3863], [0.6931]]
+
+  References:
+    Morin & Bengio 2005, "Hierarchical Probabilistic Neural Network Language
+    Model"; Mikolov et al. 2013 (word2vec); PaddlePaddle ``hsigmoid_loss``.
+  """
+  del is_sparse
+  num_classes = _tree.check_num_classes(num_classes)
+  rows = _check_weight_bias(input, weight, bias)
+  lead = tuple(jnp.shape(input)[:-1])
+  _checks.check_integer("label", label)
+  label = _labels_2d(label, lead)
+  _tree.check_tables(path_table, path_code, lead, per="example")
+  custom = path_table is not None
+  if custom:
+    _tree.check_nodes_in_range(path_table, rows)
+  else:
+    _default_rows(num_classes, rows)
+    _checks.check_labels_in_range(label, num_classes, name="label")
+
+  input, weight = jnp.asarray(input), jnp.asarray(weight)
+  dtype = _checks.compute_dtype(input, weight)
+  d = input.shape[-1]
+  x = input.reshape(-1, d).astype(dtype)
+  b = None if bias is None else jnp.asarray(bias).reshape(rows)
+  if custom:
+    nodes, bits, valid = _tree.table_paths(path_table, path_code)
+    length = nodes.shape[-1]
+    nodes, bits, valid = (a.reshape(-1, length) for a in (nodes, bits, valid))
+    bad = jnp.any(valid & (nodes >= rows), axis=-1)
+    nodes = jnp.minimum(nodes, rows - 1)
+  else:
+    flat = label.reshape(-1)
+    bad = (flat < 0) | (flat >= num_classes)
+    nodes, bits, valid = _tree.default_paths(jnp.clip(flat, 0, num_classes - 1), num_classes)
+
+  kernel = lambda xi, n, bt, v: _path_nll(xi, n, bt, v, weight, b,
+                                          paddle_compat=paddle_compat, dtype=dtype)
+  loss = jax.vmap(kernel)(x, nodes, bits, valid)
+  loss = jnp.where(bad, jnp.nan, loss)
+  return loss.reshape(lead + (1,))
+
+
+def _class_paths(num_classes, path_table, path_code, rows, d):
+  """Per-class paths ``[C, L]`` for log_prob/predict, with validation."""
+  _tree.check_tables(path_table, path_code, None, per="class")
+  if path_table is None:
+    if num_classes is None:
+      raise ValueError("num_classes is required for the default tree (no path_table given).")
+    num_classes = _tree.check_num_classes(num_classes)
+    _default_rows(num_classes, rows)
+    return num_classes, _tree.default_paths(jnp.arange(num_classes), num_classes)
+  _checks.check_ndim("path_table", path_table, ndim=2)
+  c = jnp.shape(path_table)[0]
+  if c < 2:
+    raise ValueError(f"path_table must have one row per class (>= 2 classes); got shape"
+                     f" {tuple(jnp.shape(path_table))}.")
+  if num_classes is not None and num_classes != c:
+    raise ValueError(f"num_classes={num_classes} does not match path_table's {c} rows (one per"
+                     " class); pass num_classes=None with per-class tables.")
+  _tree.check_nodes_in_range(path_table, rows)
+  return c, _tree.table_paths(path_table, path_code)
+
+
+def hsigmoid_log_prob(
+    input: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    *,
+    num_classes: int | None = None,
+    path_table: ArrayLike | None = None,
+    path_code: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Log-probability of every class under the hierarchical sigmoid.
+
+  .. math::
+    \log p(c | x) = \sum_{j < len(c)} \log \sigma(s_{cj} z_{n_{cj}})
+
+  Exact (no clipping, no padding): ``exp`` of a row sums to 1 on a full tree,
+  and ``-log_prob[..., y]`` equals ``hsigmoid_loss(..., paddle_compat=False)``.
+  The node logits are one ``[..., num_nodes]`` matmul; the path sums are a
+  ``lax.scan`` from the root down (the order :func:`hsigmoid_predict` uses).
+
+  Args:
+    input: ``[..., D]``.
+    weight: ``[num_nodes, D]``; bias: optional ``[num_nodes]`` / ``[num_nodes, 1]``.
+    num_classes: C for the default tree (ignored-but-checked with tables).
+    path_table, path_code: optional per-CLASS tables ``[C, L]`` (e.g. from
+      :func:`huffman_tree`); a negative entry ends a path.
+
+  Returns:
+    ``[..., C]`` log-probabilities (float32 for half-precision inputs).
+    A node index ``>= num_nodes`` in traced tables gives NaN for that class.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jax_bigsoftmax as jbs
+    >>> lp = jbs.hsigmoid_log_prob(jnp.ones((2, 3)), jnp.ones((4, 3)), num_classes=5)
+    >>> bool(jnp.allclose(jnp.exp(lp).sum(-1), 1.0))
+    True
+
+  References:
+    Morin & Bengio 2005; Mikolov et al. 2013.
+  """
+  rows = _check_weight_bias(input, weight, bias)
+  d = jnp.shape(input)[-1]
+  c, (nodes, bits, valid) = _class_paths(num_classes, path_table, path_code, rows, d)
+  input, weight = jnp.asarray(input), jnp.asarray(weight)
+  dtype = _checks.compute_dtype(input, weight)
+  lead = input.shape[:-1]
+  x = input.reshape(-1, d).astype(dtype)
+  z = x @ weight.astype(dtype).T
+  if bias is not None:
+    z = z + jnp.asarray(bias).reshape(1, rows).astype(dtype)
+  bad = jnp.any(valid & (nodes >= rows), axis=-1)
+  nodes = jnp.minimum(nodes, rows - 1)
+  sign = jnp.where(bits, 1, -1).astype(dtype)
+
+  def per_example(z_M):
+    def step(acc, pos):
+      node, s, v = pos
+      return acc + jnp.where(v, jax.nn.log_sigmoid(s * z_M[node]), 0), None
+
+    acc, _ = lax.scan(step, jnp.zeros((c,), dtype), (nodes.T, sign.T, valid.T), reverse=True)
+    return acc
+
+  lp = jax.vmap(per_example)(z)
+  lp = jnp.where(bad[None, :], jnp.nan, lp)
+  return lp.reshape(lead + (c,))
+
+
+def _search_one(x_D, weight, bias, children, min_class, root, rows, max_steps, dtype):
+  """Best-first search for the most probable leaf of one example.
+
+  A node's prefix log-probability bounds every leaf below it (log-sigmoids
+  are <= 0), so the first leaf popped from a max-priority frontier is the
+  arg-max. Ties pop the node holding the smallest class first, so the answer
+  is the first maximal index, as ``jnp.argmax``. Each step pops one node and
+  pushes its two children, so ``max_steps + 1`` slots never overflow.
+  Returns ``(class, finished)``.
+  """
+  k = max_steps + 1
+  neg = jnp.array(-jnp.inf, dtype)
+  big = jnp.iinfo(jnp.int32).max
+  prefix = jnp.full((k,), neg).at[0].set(0)
+  ids = jnp.full((k,), -1, jnp.int32).at[0].set(root)
+  minc = jnp.full((k,), big, jnp.int32).at[0].set(min_class(root))
+
+  def cond(s):
+    return (~s[4]) & (s[3] < max_steps)
+
+  def body(s):
+    prefix, ids, minc, step, done, result = s
+    live = ids >= 0
+    score = jnp.where(live, prefix, neg)
+    best = jnp.max(score)
+    i = jnp.argmin(jnp.where(live & (score == best), minc, big))
+    node, p = ids[i], prefix[i]
+    leaf = node >= rows
+    empty = ~jnp.any(live)
+    safe = jnp.clip(node, 0, rows - 1)
+    z = _node_logit(x_D, safe, weight, bias, dtype)
+    kids = [children(safe, 0), children(safe, 1)]
+    lps = [p + jax.nn.log_sigmoid(-z), p + jax.nn.log_sigmoid(z)]
+    expand = ~leaf & ~empty
+    for slot, kid, lp in ((i, kids[0], lps[0]), (step + 1, kids[1], lps[1])):
+      ok = kid >= 0
+      prefix = prefix.at[slot].set(jnp.where(expand, jnp.where(ok, lp, neg), prefix[slot]))
+      ids = ids.at[slot].set(jnp.where(expand, jnp.where(ok, kid, -1), ids[slot]))
+      minc = minc.at[slot].set(jnp.where(expand, min_class(jnp.maximum(kid, 0)), minc[slot]))
+    result = jnp.where(leaf & ~empty, node - rows, result)
+    return prefix, ids, minc, step + 1, done | leaf | empty, result
+
+  init = (prefix, ids, minc, jnp.int32(0), jnp.array(False), jnp.int32(-1))
+  out = lax.while_loop(cond, body, init)
+  return out[5], out[5] >= 0
+
+
+def hsigmoid_predict(
+    input: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    *,
+    num_classes: int | None = None,
+    path_table: ArrayLike | None = None,
+    path_code: ArrayLike | None = None,
+    method: str = "auto",
+    max_steps: int | None = None,
+) -> jax.Array:
+  """Most probable class, ``argmax(hsigmoid_log_prob(...), -1)``, by tree search.
+
+  ``method="search"`` runs an exact best-first (branch-and-bound) search per
+  example (``vmap`` of a ``lax.while_loop``): a node's prefix log-probability
+  bounds all leaves below it, so the first leaf popped is the arg-max, after
+  ``O(len * branching)`` node evaluations on a confident model instead of
+  ``O(C)``. Examples that need more than ``max_steps`` expansions fall back
+  to the dense arg-max (one ``lax.cond`` for the batch), so the result is
+  always exact. ``"dense"`` takes the arg-max of :func:`hsigmoid_log_prob`;
+  ``"auto"`` searches when C > 256.
+
+  Ties resolve to the smallest class index, as ``jnp.argmax``. The search
+  sums the same log-sigmoids in the same (root to leaf) order as
+  ``hsigmoid_log_prob``, but evaluates node logits one dot product at a time
+  where ``hsigmoid_log_prob`` uses a matmul: two classes whose
+  log-probabilities differ by float32 rounding only (~1e-6 relative) may be
+  ranked differently.
+
+  Args:
+    input, weight, bias, num_classes, path_table, path_code: as in
+      :func:`hsigmoid_log_prob` (tables per class ``[C, L]``).
+    method: ``"auto" | "search" | "dense"``.
+    max_steps: node expansions per example before the dense fallback
+      (default ``min(num_nodes, 8 * L + 64)`` + 1, L the longest path).
+
+  Returns:
+    ``[...]`` int32 class ids.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jax_bigsoftmax as jbs
+    >>> x = jax.random.normal(jax.random.key(0), (4, 8))
+    >>> w = jax.random.normal(jax.random.key(1), (999, 8))
+    >>> p = jbs.hsigmoid_predict(x, w, num_classes=1000, method="search")
+    >>> bool((p == jbs.hsigmoid_log_prob(x, w, num_classes=1000).argmax(-1)).all())
+    True
+
+  References:
+    Morin & Bengio 2005; Mnih & Hinton 2009 (tree search decoding).
+  """
+  if method not in ("auto", "search", "dense"):
+    raise ValueError(f"method must be 'auto', 'search' or 'dense'; got {method!r}.")
+  rows = _check_weight_bias(input, weight, bias)
+  d = jnp.shape(input)[-1]
+  c, (nodes, _, _) = _class_paths(num_classes, path_table, path_code, rows, d)
+  dense = lambda: jnp.argmax(hsigmoid_log_prob(
+      input, weight, bias, num_classes=num_classes, path_table=path_table,
+      path_code=path_code), axis=-1).astype(jnp.int32)
+  if method == "dense" or (method == "auto" and c <= 256):
+    return dense()
+  length = nodes.shape[-1]
+  if max_steps is None:
+    max_steps = min(rows, 8 * length + 64) + 1
+  if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+    raise ValueError(f"max_steps must be a positive int; got {max_steps!r}.")
+  if path_table is None:
+    children, min_class, root = _tree.default_structure(c)
+  else:
+    children, min_class, root = _tree.table_structure(path_table, path_code, rows)
+  input, weight = jnp.asarray(input), jnp.asarray(weight)
+  dtype = _checks.compute_dtype(input, weight)
+  lead = input.shape[:-1]
+  x = input.reshape(-1, d).astype(dtype)
+  b = None if bias is None else jnp.asarray(bias).reshape(rows)
+  search = lambda xi: _search_one(xi, weight, b, children, min_class, root, rows,
+                                  max_steps, dtype)
+  pred, ok = jax.vmap(search)(x)
+  pred = lax.cond(jnp.all(ok), lambda: pred,
+                  lambda: jnp.where(ok, pred, dense().reshape(-1)))
+  return pred.reshape(lead)
