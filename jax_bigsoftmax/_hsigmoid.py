@@ -162,9 +162,11 @@ def hsigmoid_loss(
 
   Examples:
     >>> import jax.numpy as jnp, jax_bigsoftmax as jbs
-    >>> x, w = jnp.ones((2, 3)), jnp.zeros((4, 3))
-    >>> jbs.hsigmoid_loss(x, jnp.array([0, 4]), 5, w).round(4).tolist()
-    [[1.3863], [0.6931]]
+    >>> x, w, y = jnp.ones((2, 3)), jnp.zeros((4, 3)), jnp.array([0, 4])
+    >>> (jbs.hsigmoid_loss(x, y, 5, w) / jnp.log(2)).round().tolist()  # path lengths
+    [[2.0], [3.0]]
+    >>> (jbs.hsigmoid_loss(x, y, 5, w, paddle_compat=True) / jnp.log(2)).round().tolist()
+    [[3.0], [3.0]]
 
   References:
     Morin & Bengio 2005, "Hierarchical Probabilistic Neural Network Language

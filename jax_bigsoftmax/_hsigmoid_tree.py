@@ -91,11 +91,12 @@ def check_nodes_in_range(path_table, num_nodes: int) -> None:
   """Eager ValueError when concrete tables name a row >= ``num_nodes``."""
   if _checks.is_traced(path_table):
     return
-  nodes, _, valid = table_paths(path_table, jnp.zeros_like(path_table))
-  bad = np.asarray(valid & (nodes >= num_nodes))
+  table = np.asarray(path_table)
+  valid = np.minimum.accumulate(table >= 0, axis=-1)
+  bad = valid & (table >= num_nodes)
   if bad.any():
     pos = np.argwhere(bad)[:3].tolist()
-    vals = np.asarray(path_table)[bad][:3].tolist()
+    vals = table[bad][:3].tolist()
     raise ValueError(f"path_table names node {vals} at positions {pos}, but weight has only"
                      f" {num_nodes} rows (node indices must lie in [0, {num_nodes})).")
 
