@@ -11,6 +11,7 @@ The loss is a per-example kernel ``vmap``-ped over the batch, with a
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -186,38 +187,47 @@ def hsigmoid_loss(
     _default_rows(num_classes, rows)
     _checks.check_labels_in_range(label, num_classes, name="label")
 
-  input, weight = jnp.asarray(input), jnp.asarray(weight)
-  dtype = _checks.compute_dtype(input, weight)
-  d = input.shape[-1]
-  x = input.reshape(-1, d).astype(dtype)
-  b = None if bias is None else jnp.asarray(bias).reshape(rows)
+  d = jnp.shape(input)[-1]
+  x = jnp.reshape(input, (-1, d))
   if custom:
+    length = jnp.shape(path_table)[-1]
+    path_table = jnp.reshape(path_table, (-1, length))
+    path_code = jnp.reshape(path_code, (-1, length))
+  loss = _loss_impl(x, label.reshape(-1), weight, bias, path_table, path_code,
+                    num_classes=num_classes, paddle_compat=bool(paddle_compat))
+  return loss.reshape(lead + (1,))
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "paddle_compat"))
+def _loss_impl(x, label, weight, bias, path_table, path_code, *, num_classes, paddle_compat):
+  """``[N]`` losses of ``x`` ``[N, D]`` (validated, flattened arguments)."""
+  dtype = _checks.compute_dtype(x, weight)
+  rows = weight.shape[0]
+  x = x.astype(dtype)
+  b = None if bias is None else bias.reshape(rows)
+  if path_table is not None:
     nodes, bits, valid = _tree.table_paths(path_table, path_code)
-    length = nodes.shape[-1]
-    nodes, bits, valid = (a.reshape(-1, length) for a in (nodes, bits, valid))
     bad = jnp.any(valid & (nodes >= rows), axis=-1)
     nodes = jnp.minimum(nodes, rows - 1)
   else:
-    flat = label.reshape(-1)
-    bad = (flat < 0) | (flat >= num_classes)
-    nodes, bits, valid = _tree.default_paths(jnp.clip(flat, 0, num_classes - 1), num_classes)
+    bad = (label < 0) | (label >= num_classes)
+    nodes, bits, valid = _tree.default_paths(jnp.clip(label, 0, num_classes - 1), num_classes)
 
   kernel = lambda xi, n, bt, v: _path_nll(xi, n, bt, v, weight, b,
                                           paddle_compat=paddle_compat, dtype=dtype)
   loss = jax.vmap(kernel)(x, nodes, bits, valid)
-  loss = jnp.where(bad, jnp.nan, loss)
-  return loss.reshape(lead + (1,))
+  return jnp.where(bad, jnp.nan, loss)
 
 
-def _class_paths(num_classes, path_table, path_code, rows, d):
-  """Per-class paths ``[C, L]`` for log_prob/predict, with validation."""
+def _class_count(num_classes, path_table, path_code, rows):
+  """Validates per-class tables ``[C, L]`` / the default tree; returns C."""
   _tree.check_tables(path_table, path_code, None, per="class")
   if path_table is None:
     if num_classes is None:
       raise ValueError("num_classes is required for the default tree (no path_table given).")
     num_classes = _tree.check_num_classes(num_classes)
     _default_rows(num_classes, rows)
-    return num_classes, _tree.default_paths(jnp.arange(num_classes), num_classes)
+    return num_classes
   _checks.check_ndim("path_table", path_table, ndim=2)
   c = jnp.shape(path_table)[0]
   if c < 2:
@@ -227,7 +237,13 @@ def _class_paths(num_classes, path_table, path_code, rows, d):
     raise ValueError(f"num_classes={num_classes} does not match path_table's {c} rows (one per"
                      " class); pass num_classes=None with per-class tables.")
   _tree.check_nodes_in_range(path_table, rows)
-  return c, _tree.table_paths(path_table, path_code)
+  return c
+
+
+def _class_paths(num_classes, path_table, path_code):
+  if path_table is None:
+    return _tree.default_paths(jnp.arange(num_classes), num_classes)
+  return _tree.table_paths(path_table, path_code)
 
 
 def hsigmoid_log_prob(
@@ -270,15 +286,23 @@ def hsigmoid_log_prob(
     Morin & Bengio 2005; Mikolov et al. 2013.
   """
   rows = _check_weight_bias(input, weight, bias)
+  c = _class_count(num_classes, path_table, path_code, rows)
   d = jnp.shape(input)[-1]
-  c, (nodes, bits, valid) = _class_paths(num_classes, path_table, path_code, rows, d)
-  input, weight = jnp.asarray(input), jnp.asarray(weight)
-  dtype = _checks.compute_dtype(input, weight)
-  lead = input.shape[:-1]
-  x = input.reshape(-1, d).astype(dtype)
-  z = x @ weight.astype(dtype).T
+  lead = tuple(jnp.shape(input)[:-1])
+  lp = _log_prob_impl(jnp.reshape(input, (-1, d)), weight, bias, path_table, path_code,
+                      num_classes=c)
+  return lp.reshape(lead + (c,))
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes",))
+def _log_prob_impl(x, weight, bias, path_table, path_code, *, num_classes):
+  """``[N, C]`` log-probabilities of ``x`` ``[N, D]`` (validated arguments)."""
+  nodes, bits, valid = _class_paths(num_classes, path_table, path_code)
+  dtype = _checks.compute_dtype(x, weight)
+  rows = weight.shape[0]
+  z = x.astype(dtype) @ weight.astype(dtype).T
   if bias is not None:
-    z = z + jnp.asarray(bias).reshape(1, rows).astype(dtype)
+    z = z + bias.reshape(1, rows).astype(dtype)
   bad = jnp.any(valid & (nodes >= rows), axis=-1)
   nodes = jnp.minimum(nodes, rows - 1)
   sign = jnp.where(bits, 1, -1).astype(dtype)
@@ -288,12 +312,12 @@ def hsigmoid_log_prob(
       node, s, v = pos
       return acc + jnp.where(v, jax.nn.log_sigmoid(s * z_M[node]), 0), None
 
-    acc, _ = lax.scan(step, jnp.zeros((c,), dtype), (nodes.T, sign.T, valid.T), reverse=True)
+    acc, _ = lax.scan(step, jnp.zeros((num_classes,), dtype), (nodes.T, sign.T, valid.T),
+                      reverse=True)
     return acc
 
   lp = jax.vmap(per_example)(z)
-  lp = jnp.where(bad[None, :], jnp.nan, lp)
-  return lp.reshape(lead + (c,))
+  return jnp.where(bad[None, :], jnp.nan, lp)
 
 
 def _search_one(x_D, weight, bias, children, min_class, root, rows, max_steps, dtype):
@@ -396,30 +420,38 @@ def hsigmoid_predict(
   if method not in ("auto", "search", "dense"):
     raise ValueError(f"method must be 'auto', 'search' or 'dense'; got {method!r}.")
   rows = _check_weight_bias(input, weight, bias)
+  c = _class_count(num_classes, path_table, path_code, rows)
   d = jnp.shape(input)[-1]
-  c, (nodes, _, _) = _class_paths(num_classes, path_table, path_code, rows, d)
-  dense = lambda: jnp.argmax(hsigmoid_log_prob(
-      input, weight, bias, num_classes=num_classes, path_table=path_table,
-      path_code=path_code), axis=-1).astype(jnp.int32)
+  lead = tuple(jnp.shape(input)[:-1])
+  x = jnp.reshape(input, (-1, d))
   if method == "dense" or (method == "auto" and c <= 256):
-    return dense()
-  length = nodes.shape[-1]
+    lp = _log_prob_impl(x, weight, bias, path_table, path_code, num_classes=c)
+    return jnp.argmax(lp, axis=-1).astype(jnp.int32).reshape(lead)
+  length = (c - 1).bit_length() if path_table is None else jnp.shape(path_table)[1]
   if max_steps is None:
     max_steps = min(rows, 8 * length + 64) + 1
   if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
     raise ValueError(f"max_steps must be a positive int; got {max_steps!r}.")
+  pred = _predict_impl(x, weight, bias, path_table, path_code, num_classes=c,
+                       max_steps=max_steps)
+  return pred.reshape(lead)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "max_steps"))
+def _predict_impl(x, weight, bias, path_table, path_code, *, num_classes, max_steps):
+  rows = weight.shape[0]
   if path_table is None:
-    children, min_class, root = _tree.default_structure(c)
+    children, min_class, root = _tree.default_structure(num_classes)
   else:
     children, min_class, root = _tree.table_structure(path_table, path_code, rows)
-  input, weight = jnp.asarray(input), jnp.asarray(weight)
-  dtype = _checks.compute_dtype(input, weight)
-  lead = input.shape[:-1]
-  x = input.reshape(-1, d).astype(dtype)
-  b = None if bias is None else jnp.asarray(bias).reshape(rows)
-  search = lambda xi: _search_one(xi, weight, b, children, min_class, root, rows,
+  dtype = _checks.compute_dtype(x, weight)
+  b = None if bias is None else bias.reshape(rows)
+  search = lambda xi: _search_one(xi.astype(dtype), weight, b, children, min_class, root, rows,
                                   max_steps, dtype)
   pred, ok = jax.vmap(search)(x)
-  pred = lax.cond(jnp.all(ok), lambda: pred,
-                  lambda: jnp.where(ok, pred, dense().reshape(-1)))
-  return pred.reshape(lead)
+
+  def fallback():
+    lp = _log_prob_impl(x, weight, bias, path_table, path_code, num_classes=num_classes)
+    return jnp.where(ok, pred, jnp.argmax(lp, axis=-1).astype(jnp.int32))
+
+  return lax.cond(jnp.all(ok), lambda: pred, fallback)

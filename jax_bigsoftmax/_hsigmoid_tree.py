@@ -45,7 +45,7 @@ def default_paths(classes: jax.Array, num_classes: int):
   """
   length = default_code_length(num_classes)
   code = classes.astype(jnp.int32)[..., None] + num_classes
-  j = jnp.arange(length, dtype=jnp.int32)
+  j = jnp.arange(length, dtype=jnp.int32).reshape((1,) * classes.ndim + (length,))
   prefix = jnp.right_shift(code, j + 1)
   valid = prefix > 0
   nodes = jnp.where(valid, prefix - 1, 0)
