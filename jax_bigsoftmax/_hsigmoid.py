@@ -333,32 +333,38 @@ def _search_one(x_D, weight, bias, children, min_class, root, rows, max_steps, d
   k = max_steps + 1
   neg = jnp.array(-jnp.inf, dtype)
   big = jnp.iinfo(jnp.int32).max
-  prefix = jnp.full((k,), neg).at[0].set(0)
-  ids = jnp.full((k,), -1, jnp.int32).at[0].set(root)
-  minc = jnp.full((k,), big, jnp.int32).at[0].set(min_class(root))
+  slots = jnp.arange(k, dtype=jnp.int32)
+  first = slots == 0
+  prefix = jnp.where(first, jnp.zeros((), dtype), neg)
+  ids = jnp.where(first, root, -1).astype(jnp.int32)
+  minc = jnp.where(first, min_class(root), big).astype(jnp.int32)
 
   def cond(s):
     return (~s[4]) & (s[3] < max_steps)
 
   def body(s):
+    # Slot updates are masks over the k slots (cheap to compile, O(k) like
+    # the pop itself) rather than scatters.
     prefix, ids, minc, step, done, result = s
     live = ids >= 0
     score = jnp.where(live, prefix, neg)
     best = jnp.max(score)
-    i = jnp.argmin(jnp.where(live & (score == best), minc, big))
-    node, p = ids[i], prefix[i]
+    pick = slots == jnp.argmin(jnp.where(live & (score == best), minc, big))
+    node = jnp.sum(jnp.where(pick, ids, 0))
+    p = jnp.max(jnp.where(pick, prefix, neg))
     leaf = node >= rows
     empty = ~jnp.any(live)
     safe = jnp.clip(node, 0, rows - 1)
     z = _node_logit(x_D, safe, weight, bias, dtype)
-    kids = [children(safe, 0), children(safe, 1)]
-    lps = [p + jax.nn.log_sigmoid(-z), p + jax.nn.log_sigmoid(z)]
     expand = ~leaf & ~empty
-    for slot, kid, lp in ((i, kids[0], lps[0]), (step + 1, kids[1], lps[1])):
+    for at, bit, lp in ((pick, 0, p + jax.nn.log_sigmoid(-z)),
+                        (slots == step + 1, 1, p + jax.nn.log_sigmoid(z))):
+      kid = children(safe, bit)
       ok = kid >= 0
-      prefix = prefix.at[slot].set(jnp.where(expand, jnp.where(ok, lp, neg), prefix[slot]))
-      ids = ids.at[slot].set(jnp.where(expand, jnp.where(ok, kid, -1), ids[slot]))
-      minc = minc.at[slot].set(jnp.where(expand, min_class(jnp.maximum(kid, 0)), minc[slot]))
+      at = at & expand
+      prefix = jnp.where(at, jnp.where(ok, lp, neg), prefix)
+      ids = jnp.where(at, jnp.where(ok, kid, -1), ids)
+      minc = jnp.where(at, min_class(jnp.maximum(kid, 0)), minc)
     result = jnp.where(leaf & ~empty, node - rows, result)
     return prefix, ids, minc, step + 1, done | leaf | empty, result
 

@@ -124,9 +124,12 @@ def default_tree(num_classes: int) -> tuple[jax.Array, jax.Array]:
     ([[0, -1], [1, 0], [1, 0]], [[1, -1], [0, 0], [1, 0]])
   """
   c = check_num_classes(num_classes)
-  nodes, bits, valid = default_paths(jnp.arange(c), c)
-  return (jnp.where(valid, nodes, -1).astype(jnp.int32),
-          jnp.where(valid, bits.astype(jnp.int32), -1).astype(jnp.int32))
+  code = np.arange(c, 2 * c, dtype=np.int64)[:, None]  # NumPy: no compile for a static table
+  j = np.arange(default_code_length(c))[None, :]
+  prefix = code >> (j + 1)
+  valid = prefix > 0
+  return (jnp.asarray(np.where(valid, prefix - 1, -1), jnp.int32),
+          jnp.asarray(np.where(valid, (code >> j) & 1, -1), jnp.int32))
 
 
 def huffman_tree(counts: ArrayLike) -> tuple[jax.Array, jax.Array]:
