@@ -25,18 +25,6 @@ from jax_bigsoftmax import _hsigmoid_tree as _tree
 _CLIP = 40.0  # Paddle clips the node logits to [-40, 40]
 
 
-@jax.custom_jvp
-def _paddle_clip(z):
-  return jnp.clip(z, -_CLIP, _CLIP)
-
-
-@_paddle_clip.defjvp
-def _paddle_clip_jvp(primals, tangents):
-  # Paddle's backward ignores the clip (TODO in hsigmoid_loss_grad.h): the
-  # gradient is sigmoid(clip(z)) - bit even where |z| > 40.
-  return _paddle_clip(primals[0]), tangents[0]
-
-
 def _check_weight_bias(input, weight, bias):
   _checks.check_floating("input", input)
   _checks.check_floating("weight", weight)
@@ -69,25 +57,75 @@ def _node_logit(x_D, node, weight, bias, dtype):
   return z if bias is None else z + bias[node].astype(dtype)
 
 
-def _path_nll(x_D, nodes_L, bits_L, valid_L, weight, bias, *, paddle_compat, dtype):
-  """Per-example kernel: NLL of one path, scanned over its positions."""
+def _path_kernel(x_D, nodes_L, bits_L, valid_L, weight, bias, paddle_compat, dtype):
+  """Per-example kernel: ``(nll, z_L)`` of one path, scanned over its positions.
+
+  ``z_L`` are the node logits (clipped to [-40, 40] in ``paddle_compat``),
+  kept for the backward pass.
+  """
 
   def step(carry, pos):
     node, bit, valid = pos
     z = _node_logit(x_D, node, weight, bias, dtype)
     if paddle_compat:
-      z = _paddle_clip(z)
+      z = jnp.clip(z, -_CLIP, _CLIP)
       # Paddle's arithmetic: log(1 + exp(z)) on every slot (z = 0, i.e. log 2,
       # on padded ones) minus the sum of z over the bit-1 nodes.
       soft = jnp.where(valid, jnp.log(1 + jnp.exp(z)), math.log(2.0))
-      return (carry[0] + soft, carry[1] + jnp.where(valid & bit, z, 0)), None
+      return (carry[0] + soft, carry[1] + jnp.where(valid & bit, z, 0)), z
     t = jax.nn.softplus(jnp.where(bit, -z, z))  # -log sigmoid(+-z)
-    return carry + jnp.where(valid, t, 0), None
+    return carry + jnp.where(valid, t, 0), z
 
   zero = jnp.zeros((), dtype)
   init = (zero, zero) if paddle_compat else zero
-  out, _ = lax.scan(step, init, (nodes_L, bits_L, valid_L))
-  return out[0] - out[1] if paddle_compat else out
+  out, z_L = lax.scan(step, init, (nodes_L, bits_L, valid_L))
+  return (out[0] - out[1] if paddle_compat else out), z_L
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _path_nll(x, weight, bias, nodes, bits, valid, paddle_compat, dtype):
+  """``[N]`` path NLLs: the per-example kernel ``vmap``-ped over the batch."""
+  return _path_nll_fwd(x, weight, bias, nodes, bits, valid, paddle_compat, dtype)[0]
+
+
+def _path_nll_fwd(x, weight, bias, nodes, bits, valid, paddle_compat, dtype):
+  kernel = lambda xi, n, bt, v: _path_kernel(xi, n, bt, v, weight, bias, paddle_compat, dtype)
+  loss, z = jax.vmap(kernel)(x, nodes, bits, valid)
+  return loss, (x, weight, bias, nodes, bits, valid, z)
+
+
+def _path_nll_bwd(paddle_compat, dtype, res, g):
+  """Analytic backward: ``dL/dz = sigmoid(z) - bit`` on the path.
+
+  In ``paddle_compat`` z is the clipped logit and the gradient passes
+  through the clip, as Paddle's ``hsigmoid_loss_grad`` does. ``d input`` is a
+  per-example scan over the path; ``d weight`` one scatter-add of ``[N, D]``
+  rows per path position (much faster on CPU than the transpose of the
+  ``vmap``-ped gathers that autodiff would build).
+  """
+  del paddle_compat
+  x, weight, bias, nodes, bits, valid, z = res
+  dz = g[:, None].astype(dtype) * jnp.where(valid, jax.nn.sigmoid(z) - bits, 0)
+
+  def dx_kernel(dz_L, nodes_L):
+    step = lambda acc, pos: (acc + pos[0] * weight[pos[1]].astype(dtype), None)
+    return lax.scan(step, jnp.zeros(x.shape[1:], dtype), (dz_L, nodes_L))[0]
+
+  dx = jax.vmap(dx_kernel)(dz, nodes)
+  rows = weight.shape[0]
+
+  def dw_step(j, acc):
+    return acc.at[nodes[:, j]].add(dz[:, j, None] * x)
+
+  dw = lax.fori_loop(0, nodes.shape[1], dw_step, jnp.zeros((rows, x.shape[1]), dtype))
+  db = None
+  if bias is not None:
+    db = jnp.zeros((rows,), dtype).at[nodes.reshape(-1)].add(dz.reshape(-1))
+    db = db.astype(bias.dtype)
+  return dx.astype(x.dtype), dw.astype(weight.dtype), db, None, None, None
+
+
+_path_nll.defvjp(_path_nll_fwd, _path_nll_bwd)
 
 
 def _labels_2d(label, lead):
@@ -213,9 +251,7 @@ def _loss_impl(x, label, weight, bias, path_table, path_code, *, num_classes, pa
     bad = (label < 0) | (label >= num_classes)
     nodes, bits, valid = _tree.default_paths(jnp.clip(label, 0, num_classes - 1), num_classes)
 
-  kernel = lambda xi, n, bt, v: _path_nll(xi, n, bt, v, weight, b,
-                                          paddle_compat=paddle_compat, dtype=dtype)
-  loss = jax.vmap(kernel)(x, nodes, bits, valid)
+  loss = _path_nll(x, weight, b, nodes, bits, valid, paddle_compat, dtype)
   return jnp.where(bad, jnp.nan, loss)
 
 
