@@ -16,6 +16,12 @@ from jax_bigsoftmax._vocab_parallel_heads import vocab_parallel_adaptive_log_sof
 from jax_bigsoftmax._vocab_parallel_heads import vocab_parallel_sampled_softmax_loss
 
 # --- hierarchical sigmoid (issue 3) ---
+from jax_bigsoftmax._hsigmoid import hsigmoid_log_prob
+from jax_bigsoftmax._hsigmoid import hsigmoid_loss
+from jax_bigsoftmax._hsigmoid import hsigmoid_predict
+from jax_bigsoftmax._hsigmoid_head import HSigmoidLoss
+from jax_bigsoftmax._hsigmoid_tree import default_tree
+from jax_bigsoftmax._hsigmoid_tree import huffman_tree
 
 # --- adaptive softmax (issue 4) ---
 from jax_bigsoftmax._adaptive import adaptive_log_prob
@@ -52,6 +58,12 @@ __all__ = (
     "vocab_parallel_adaptive_log_softmax_with_loss",
     "vocab_parallel_sampled_softmax_loss",
     # hsigmoid
+    "HSigmoidLoss",
+    "default_tree",
+    "hsigmoid_log_prob",
+    "hsigmoid_loss",
+    "hsigmoid_predict",
+    "huffman_tree",
     # adaptive
     "adaptive_log_prob",
     "adaptive_log_softmax_with_loss",
