@@ -296,10 +296,11 @@ def test_adaptive_errors():
 
 @pytest.mark.slow
 def test_docs_example_runs(capsys):
-  """The usage example in docs/vocab_parallel.md is runnable and checks itself."""
-  path = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "vocab_parallel.md")
+  """The README's vocab-parallel usage example is runnable and checks itself."""
+  path = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
   with open(path) as f:
     text = f.read()
-  code = text.split("```python\n", 1)[1].split("```", 1)[0]
+  section = text.split("### Example (2-D data x vocab mesh", 1)[1]
+  code = section.split("```python\n", 1)[1].split("```", 1)[0]
   exec(compile(code, path, "exec"), {"__name__": "docs_example"})
   assert capsys.readouterr().out.startswith("ok ")
