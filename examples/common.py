@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -60,6 +59,27 @@ def non_negative(v) -> bool:
 def fraction(v) -> bool:
   return 0.0 <= v < 1.0
 
+
+_INT = (int,)
+_FLOAT = (int, float)
+
+# Fields every trainer shares: data, optimisation, loop, devices.
+BASE_SCHEMA = {
+    "data_dir": (str, lambda v: True, "a path, or '' for the standard-library corpus"),
+    "max_vocab": (_INT, lambda v: v == 0 or v >= 3, "0 (keep all) or an int >= 3"),
+    "min_count": (_INT, positive, "an int >= 1"),
+    "batch_size": (_INT, positive, "an int > 0"),
+    "learning_rate": (_FLOAT, positive, "a float > 0"),
+    "warmup_steps": (_INT, non_negative, "an int >= 0"),
+    "grad_clip_norm": (_FLOAT, positive, "a float > 0"),
+    "weight_decay": (_FLOAT, non_negative, "a float >= 0"),
+    "num_train_steps": (_INT, positive, "an int > 0"),
+    "eval_every_steps": (_INT, positive, "an int > 0"),
+    "log_every_steps": (_INT, positive, "an int > 0"),
+    "checkpoint_every_steps": (_INT, positive, "an int > 0"),
+    "seed": (_INT, lambda v: True, "an int"),
+    "num_devices": (_INT, non_negative, "0 (all local devices) or an int > 0"),
+}
 
 # ----------------------------------------------------------------- devices
 
@@ -171,14 +191,22 @@ class MetricsWriter:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = sorted({k for r in self.records for k in r} - {"step"})
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
-    for ax, name in zip(axes[0], names):
-      pts = [(r["step"], r[name]) for r in self.records if name in r]
-      ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None)
+    # One panel for every *_loss, one for every *_ppl, one per other metric.
+    groups = {}
+    for name in names:
+      key = "loss" if name.endswith("loss") else "perplexity" if name.endswith("ppl") else name
+      groups.setdefault(key, []).append(name)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.2), squeeze=False)
+    for ax, (key, members) in zip(axes[0], groups.items()):
+      for name in members:
+        pts = [(r["step"], r[name]) for r in self.records if name in r]
+        ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=name)
       ax.set_xlabel("step")
-      ax.set_title(name)
-      if name.endswith("ppl"):
+      ax.set_title(key)
+      if key == "perplexity":
         ax.set_yscale("log")
+      if len(members) > 1 or key != members[0]:
+        ax.legend(fontsize="small")
       ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
@@ -242,6 +270,8 @@ def fit(*, config, workdir: str, state, train_step: Callable, get_batch: Callabl
       loss = float(metrics["loss"])
       check_finite(loss, step + 1)
       tokens, loss_sum, n_loss = tokens + num_tokens, loss_sum + loss, n_loss + 1
+      if step == start:  # tokens/s excludes the first step (compilation)
+        tokens, t0 = 0, time.perf_counter()
       done = step + 1
       bar.update(1)
       if done % config.log_every_steps == 0 or done == total:
@@ -289,6 +319,3 @@ def adam_with_clipping(config):
       optax.clip_by_global_norm(config.grad_clip_norm),
       optax.adamw(schedule, weight_decay=config.weight_decay))
 
-
-def cast_floats(tree, dtype=jnp.float32):
-  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)

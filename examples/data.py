@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 import re
 import sysconfig
@@ -105,6 +106,12 @@ def load_corpus(data_dir: str = "") -> dict[str, list[list[str]]]:
     if not corpus[split]:
       raise ValueError(f"the {split} split of the corpus is empty")
   return corpus
+
+
+@functools.lru_cache(maxsize=2)
+def cached_corpus(data_dir: str = "") -> dict[str, list[list[str]]]:
+  """``load_corpus`` memoised per process (several runs in one process read it once)."""
+  return load_corpus(data_dir)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,6 +37,25 @@ _CLASS_NAMES = {
 }
 
 
+# Config fields of the head (shared by every trainer).
+SCHEMA = {
+    "head": (str, lambda v: v in HEADS, f"one of {HEADS}"),
+    "hsigmoid_tree": (str, lambda v: v in TREES, f"one of {TREES}"),
+    "adaptive_cutoffs": ((tuple, list), lambda v: all(isinstance(c, int) and c > 0 for c in v),
+                         "a sequence of positive ints"),
+    "adaptive_div_value": ((int, float), lambda v: v > 0, "a float > 0"),
+    "sampled_num_samples": (int, lambda v: v > 0, "an int > 0"),
+}
+
+
+def spec_from_config(config, *, num_classes: int, features: int, counts) -> "HeadSpec":
+  """``make_head_spec`` with the options read from a config (see ``SCHEMA``)."""
+  return make_head_spec(
+      config.head, num_classes=num_classes, features=features, counts=counts,
+      cutoffs=config.adaptive_cutoffs, div_value=config.adaptive_div_value,
+      num_sampled=config.sampled_num_samples, tree=config.hsigmoid_tree)
+
+
 class _Table:
   """A numpy table carried as a static (hashed by identity) module attribute."""
 

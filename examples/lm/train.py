@@ -13,7 +13,6 @@ global token count, so 1 and 8 devices give the same loss.
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 
@@ -28,35 +27,17 @@ from examples.lm import models
 _INT = (int,)
 _FLOAT = (int, float)
 SCHEMA = {
+    **common.BASE_SCHEMA,
+    **heads.SCHEMA,
     "model": (str, lambda v: v in ("lstm", "transformer"), "'lstm' or 'transformer'"),
-    "head": (str, lambda v: v in heads.HEADS, f"one of {heads.HEADS}"),
-    "hsigmoid_tree": (str, lambda v: v in heads.TREES, f"one of {heads.TREES}"),
-    "adaptive_cutoffs": ((tuple, list), lambda v: all(isinstance(c, int) and c > 0 for c in v),
-                         "a sequence of positive ints"),
-    "adaptive_div_value": (_FLOAT, common.positive, "a float > 0"),
-    "sampled_num_samples": (_INT, common.positive, "an int > 0"),
-    "data_dir": (str, lambda v: True, "a path, or '' for the standard-library corpus"),
-    "max_vocab": (_INT, lambda v: v == 0 or v >= 3, "0 (keep all) or an int >= 3"),
-    "min_count": (_INT, common.positive, "an int >= 1"),
     "seq_len": (_INT, common.positive, "an int > 0"),
-    "batch_size": (_INT, common.positive, "an int > 0"),
     "emb_dim": (_INT, common.positive, "an int > 0"),
     "hidden_dim": (_INT, common.positive, "an int > 0"),
     "num_layers": (_INT, common.positive, "an int > 0"),
     "num_heads": (_INT, common.positive, "an int > 0"),
     "mlp_dim": (_INT, common.positive, "an int > 0"),
     "dropout_rate": (_FLOAT, common.fraction, "a float in [0, 1)"),
-    "learning_rate": (_FLOAT, common.positive, "a float > 0"),
-    "warmup_steps": (_INT, common.non_negative, "an int >= 0"),
-    "grad_clip_norm": (_FLOAT, common.positive, "a float > 0"),
-    "weight_decay": (_FLOAT, common.non_negative, "a float >= 0"),
-    "num_train_steps": (_INT, common.positive, "an int > 0"),
-    "eval_every_steps": (_INT, common.positive, "an int > 0"),
     "eval_max_tokens": (_INT, common.non_negative, "0 (whole split) or an int > 0"),
-    "log_every_steps": (_INT, common.positive, "an int > 0"),
-    "checkpoint_every_steps": (_INT, common.positive, "an int > 0"),
-    "seed": (_INT, lambda v: True, "an int"),
-    "num_devices": (_INT, common.non_negative, "0 (all local devices) or an int > 0"),
 }
 
 
@@ -68,14 +49,9 @@ def check_config(config):
                      f"config.num_heads={config.num_heads}")
 
 
-@functools.lru_cache(maxsize=4)
-def _corpus(data_dir: str):
-  return data.load_corpus(data_dir)
-
-
 def load_data(config):
   """``(vocab, {split: int32 stream})`` for the configured corpus."""
-  corpus = _corpus(config.data_dir)
+  corpus = data.cached_corpus(config.data_dir)
   vocab = data.build_vocab(corpus["train"], max_size=config.max_vocab, min_count=config.min_count)
   streams = {s: data.encode_stream(vocab, corpus[s]) for s in data.SPLITS}
   for s, stream in streams.items():
@@ -115,10 +91,8 @@ def eval_batches(stream: np.ndarray, *, batch_size: int, seq_len: int, max_token
 
 def build(config, vocab):
   """The model, optimizer and head spec for ``config``."""
-  spec = heads.make_head_spec(
-      config.head, num_classes=len(vocab), features=config.hidden_dim, counts=vocab.counts,
-      cutoffs=config.adaptive_cutoffs, div_value=config.adaptive_div_value,
-      num_sampled=config.sampled_num_samples, tree=config.hsigmoid_tree)
+  spec = heads.spec_from_config(config, num_classes=len(vocab), features=config.hidden_dim,
+                                counts=vocab.counts)
   model = models.LanguageModel(config, spec)
   return model, common.adam_with_clipping(config), spec
 
