@@ -3,6 +3,11 @@
 from jax_bigsoftmax._checks import checked
 
 # --- exact losses (issue 2) ---
+from jax_bigsoftmax._exact import cross_entropy
+from jax_bigsoftmax._exact import nll_loss
+from jax_bigsoftmax._full_head import FullSoftmaxLoss
+from jax_bigsoftmax._linear_ce import linear_argmax
+from jax_bigsoftmax._linear_ce import linear_cross_entropy
 
 # --- hierarchical sigmoid (issue 3) ---
 
@@ -15,6 +20,11 @@ __version__ = "0.1.0"
 __all__ = (
     "checked",
     # exact
+    "FullSoftmaxLoss",
+    "cross_entropy",
+    "linear_argmax",
+    "linear_cross_entropy",
+    "nll_loss",
     # hsigmoid
     # adaptive
     # sampled
