@@ -308,7 +308,8 @@ def eval_nll_sum(eval_step: Callable, state, batches: list[dict], mesh: Mesh) ->
 
 
 def perplexity(nll_sum: float, count: float) -> float:
-  return float(np.exp(nll_sum / max(count, 1.0)))
+  mean = nll_sum / max(count, 1.0)
+  return math.exp(mean) if mean < 700 else math.inf
 
 
 def adam_with_clipping(config):

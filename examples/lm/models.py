@@ -71,7 +71,7 @@ class TransformerBackbone(nn.Module):
       raise ValueError(f"sequence length {t} exceeds max_len={self.max_len}")
     x = nn.Embed(self.vocab_size, self.emb_dim, name="embed")(tokens_BxT)
     pos = self.param("pos_embed", nn.initializers.normal(0.02), (self.max_len, self.emb_dim))
-    x = x + pos[:t]
+    x = x + pos[None, :t]
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     mask = nn.make_causal_mask(tokens_BxT)
     for i in range(self.num_layers):

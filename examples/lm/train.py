@@ -116,7 +116,7 @@ def make_steps(model, tx, mesh, seed: int):
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                  "opt_state": opt_state}
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   def eval_step(state, batch):
     nll = model.apply({"params": state["params"]}, batch["inputs"], batch["targets"], train=False)
@@ -129,9 +129,13 @@ def make_steps(model, tx, mesh, seed: int):
 
 
 def init_state(model, tx, config, mesh):
-  params = models.init_params(model, jax.random.key(config.seed), 2, config.seq_len)
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-  return jax.device_put(state, common.replicated(mesh))
+  """``{"step", "params", "opt_state"}`` built under ``jit``, replicated on ``mesh``."""
+
+  def init():
+    params = models.init_params(model, jax.random.key(config.seed), 2, config.seq_len)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  return jax.jit(init, out_shardings=common.replicated(mesh))()
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

@@ -67,13 +67,11 @@ class TextVAE(nn.Module):
     _, x = self.decoder(self.embed(inputs), initial_carry=self._initial_carry(z))
     return self.head.nll(x, targets_BxT1, train=train), kl
 
-  def greedy_decode(self, z_BxZ: jax.Array, max_len: int) -> jax.Array:
-    """Greedy sentences ``[B, max_len + 1]`` from latents (read up to the first ``<eos>``)."""
-    carry = self._initial_carry(z_BxZ)
-    token = jnp.full((z_BxZ.shape[0], 1), self.eos_id, jnp.int32)
-    out = []
-    for _ in range(max_len + 1):
-      carry, x = self.decoder(self.embed(token), initial_carry=carry)
-      token = self.head.predict(x).astype(jnp.int32)
-      out.append(token)
-    return jnp.concatenate(out, axis=1)
+  def initial_carry(self, z_BxZ: jax.Array):
+    """Decoder LSTM state ``(c, h)`` from the latent."""
+    return self._initial_carry(z_BxZ)
+
+  def decode_step(self, carry, token_B: jax.Array):
+    """One greedy step: ``(carry, token [B]) -> (carry, arg-max next token [B])``."""
+    carry, x = self.decoder(self.embed(token_B[:, None]), initial_carry=carry)
+    return carry, self.head.predict(x[:, 0]).astype(jnp.int32)

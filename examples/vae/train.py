@@ -104,11 +104,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   tx = common.adam_with_clipping(config)
   key = jax.random.key(config.seed)
   dummy = make_batch(*(a[:2] for a in arrays["train"]), vocab.eos_id)
-  params = model.init({"params": key, "dropout": key, "latent": key, "sampler": key},
-                      dummy["tokens"], dummy["targets"], dummy["lengths"], train=False)["params"]
   repl, shard = common.replicated(mesh), common.data_sharded(mesh)
-  state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params,
-                          "opt_state": tx.init(params)}, repl)
+
+  def init():
+    params = model.init({"params": key, "dropout": key, "latent": key, "sampler": key},
+                        dummy["tokens"], dummy["targets"], dummy["lengths"], train=False)["params"]
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  state = jax.jit(init, out_shardings=repl)()
+  params = state["params"]
   num_params = sum(x.size for x in jax.tree.leaves(params))
   if jax.process_index() == 0:
     print(f"VAE corpus: {len(arrays['train'][0]):,} train / {len(arrays['valid'][0]):,} valid "
@@ -186,9 +190,14 @@ def sample_sentences(model, params, vocab, config) -> list[str]:
   if not config.num_samples:
     return []
   z = jax.random.normal(jax.random.key(config.seed + 2), (config.num_samples, config.latent_dim))
-  decode = jax.jit(lambda p, z: model.apply({"params": p}, z, config.max_len,
-                                            method=models.TextVAE.greedy_decode))
-  ids = np.asarray(decode(params, z))
+  init = jax.jit(lambda p, z: model.apply({"params": p}, z, method=models.TextVAE.initial_carry))
+  step = jax.jit(lambda p, c, t: model.apply({"params": p}, c, t, method=models.TextVAE.decode_step))
+  carry, token = init(params, z), jnp.full((config.num_samples,), vocab.eos_id, jnp.int32)
+  tokens = []
+  for _ in range(config.max_len + 1):  # one compiled step, called max_len + 1 times
+    carry, token = step(params, carry, token)
+    tokens.append(np.asarray(token))
+  ids = np.stack(tokens, axis=1)
   out = []
   for row in ids:
     words = vocab.decode(row)
