@@ -8,6 +8,7 @@ from jax_bigsoftmax._exact import nll_loss
 from jax_bigsoftmax._full_head import FullSoftmaxLoss
 from jax_bigsoftmax._linear_ce import linear_argmax
 from jax_bigsoftmax._linear_ce import linear_cross_entropy
+from jax_bigsoftmax._vocab_parallel import vocab_parallel_cross_entropy
 
 # --- hierarchical sigmoid (issue 3) ---
 
@@ -25,6 +26,7 @@ __all__ = (
     "linear_argmax",
     "linear_cross_entropy",
     "nll_loss",
+    "vocab_parallel_cross_entropy",
     # hsigmoid
     # adaptive
     # sampled

@@ -140,7 +140,7 @@ def check_shape(name: str, x: Any, expected: Sequence[int | None], what: str = "
   exp = tuple(expected)
   ok = len(shape) == len(exp) and all(e is None or e == s for s, e in zip(shape, exp))
   if not ok:
-    pretty = tuple("*" if e is None else e for e in exp)
+    pretty = "(" + ", ".join("*" if e is None else str(e) for e in exp) + ("," if len(exp) == 1 else "") + ")"
     why = f" ({what})" if what else ""
     raise ValueError(f"{name} must have shape {pretty}{why}; got {shape}.")
 

@@ -54,7 +54,10 @@ def reduce_loss(per_position: jax.Array, w_label: jax.Array, bad: jax.Array,
   total = jnp.sum(per_position)
   if reduction == "sum":
     return total
-  return total / jnp.sum(w_label)
+  denom = jnp.sum(w_label)
+  # Nothing kept: NaN like torch, with zero (not NaN) gradients.
+  safe_denom = jnp.where(denom == 0, jnp.ones((), denom.dtype), denom)
+  return jnp.where(denom == 0, jnp.nan, total / safe_denom)
 
 
 def nll_loss(

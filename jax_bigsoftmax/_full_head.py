@@ -89,7 +89,7 @@ class FullSoftmaxLoss(nn.Module):
     x, w, b = self._cast(inputs)
     logits = jnp.dot(x, w.T, preferred_element_type=jnp.float32)
     if b is not None:
-      logits = logits + b.astype(jnp.float32)
+      logits = logits + b.astype(jnp.float32).reshape((1,) * (logits.ndim - 1) + (-1,))
     return jax.nn.log_softmax(logits, axis=-1)
 
   def predict(self, inputs: ArrayLike) -> jax.Array:

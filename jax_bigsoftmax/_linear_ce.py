@@ -39,6 +39,30 @@ def choose_chunk_size(num_rows: int, vocab: int, chunk_size: int | None) -> int:
   return min(c, vocab)
 
 
+def _varying_axes(x) -> frozenset:
+  aval = jax.typeof(x)
+  mat = getattr(aval, "manual_axis_type", None)  # newer jax
+  if mat is not None:
+    return frozenset(mat.varying)
+  return frozenset(getattr(aval, "vma", frozenset()))
+
+
+def _varying_like(init, *refs):
+  """Marks loop-carry initial values as varying over the mesh axes the operands
+  vary over (needed inside ``shard_map``; a no-op elsewhere)."""
+  vma = frozenset().union(*(_varying_axes(r) for r in refs if r is not None))
+  return make_varying(init, vma)
+
+
+def make_varying(tree, axes):
+  """``lax.pcast(..., to="varying")`` every leaf over the ``axes`` it lacks."""
+  def cast(a):
+    missing = tuple(sorted(frozenset(axes) - _varying_axes(a)))
+    return lax.pcast(a, missing, to="varying") if missing else a
+
+  return jax.tree.map(cast, tree)
+
+
 def _acc_dtype(x, weight):
   return _checks.compute_dtype(x, weight)
 
@@ -81,82 +105,81 @@ def _forward_stats(x, weight, bias, labels, class_weight, c, smooth):
 
   init = (jnp.full((n,), -jnp.inf, f32), jnp.zeros((n,), f32),
           jnp.zeros((n,), f32), jnp.zeros((n,), f32))
+  init = _varying_like(init, x, weight, bias, labels, class_weight)
   m, s, zy, zw = lax.fori_loop(0, num_chunks, body, init)
   return m + jnp.log(s), zy, zw
 
 
-def _row_coefficients(labels, class_weight, vocab, ignore_index, acc):
-  """Per-row label weight (0 if ignored) and the class-weight total."""
-  _, w_label, _ = label_terms(labels, vocab, class_weight, ignore_index, acc)
-  if class_weight is None:
-    w_total = jnp.asarray(vocab, acc)
-  else:
-    w_total = jnp.sum(class_weight.astype(acc))
-  return w_label, w_total
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def linear_stats(c, smooth, x, weight, bias, labels, class_weight):
+  """Per-row ``(lse, z[label], sum_j w_j z_j)`` of ``z = x @ weight.T + bias``, chunked.
+
+  ``labels`` outside ``[0, V)`` contribute ``z[label] = 0`` (vocab-parallel
+  shards pass labels relative to their slice). ``sum_j w_j z_j`` is computed
+  only when ``smooth`` (else 0); ``class_weight=None`` means all ones.
+  Differentiable in ``x``, ``weight`` and ``bias``: the backward recomputes
+  each chunk of logits from the saved ``lse``.
+  """
+  return _forward_stats(x, weight, bias, labels, class_weight, c, smooth)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _lce_rows(c, ignore_index, eps, x, weight, bias, labels, class_weight):
-  return _lce_rows_fwd(c, ignore_index, eps, x, weight, bias, labels, class_weight)[0]
+def _linear_stats_fwd(c, smooth, x, weight, bias, labels, class_weight):
+  lse, zy, zw = _forward_stats(x, weight, bias, labels, class_weight, c, smooth)
+  return (lse, zy, zw), (x, weight, bias, labels, class_weight, lse)
 
 
-def _lce_rows_fwd(c, ignore_index, eps, x, weight, bias, labels, class_weight):
-  vocab = weight.shape[0]
-  lse, zy, zw = _forward_stats(x, weight, bias, labels, class_weight, c, smooth=eps != 0.0)
-  w_label, w_total = _row_coefficients(labels, class_weight, vocab, ignore_index, lse.dtype)
-  loss = w_label * (lse - zy)
-  if eps != 0.0:
-    smooth = w_total * lse - zw
-    smooth = jnp.where(labels == ignore_index, 0.0, smooth)
-    loss = (1.0 - eps) * loss + (eps / vocab) * smooth
-  return loss, (x, weight, bias, labels, class_weight, lse)
-
-
-def _lce_rows_bwd(c, ignore_index, eps, res, g):
+def _linear_stats_bwd(c, smooth, res, cts):
   x, weight, bias, labels, class_weight, lse = res
-  vocab, _ = weight.shape
-  num_chunks = -(-vocab // c)
+  g_lse, g_zy, g_zw = (g.astype(lse.dtype) for g in cts)
+  vocab = weight.shape[0]
   acc = lse.dtype
-  w_label, w_total = _row_coefficients(labels, class_weight, vocab, ignore_index, acc)
-  kept = (labels != ignore_index).astype(acc)
-  g = g.astype(acc) * kept
-  # d loss_i / d z_ij = p_ij * a_i - b_i * [j == y_i] - (eps / V) * w_j * kept_i
-  a = g * ((1.0 - eps) * w_label + (eps / vocab) * w_total)
-  b = g * (1.0 - eps) * w_label
-  s = g * (eps / vocab)
 
   def body(k, carry):
     dx, dw, db = carry
     z, start, cols, fresh = _chunk_logits(x, weight, bias, k, c, vocab)
-    p = jnp.exp(z - lse[:, None])
-    dz = p * a[:, None] - jnp.where(cols[None, :] == labels[:, None], b[:, None], 0.0)
-    if eps != 0.0:
+    # d/dz_ij: softmax from lse, one-hot from the label logit, w_j from the weighted sum.
+    dz = jnp.exp(z - lse[:, None]) * g_lse[:, None]
+    dz = dz + jnp.where(cols[None, :] == labels[:, None], g_zy[:, None], 0.0)
+    if smooth:
       if class_weight is None:
-        dz = dz - s[:, None]
+        dz = dz + g_zw[:, None]
       else:
         cw = lax.dynamic_slice_in_dim(class_weight, start, c).astype(acc)
-        dz = dz - s[:, None] * cw[None, :]
+        dz = dz + g_zw[:, None] * cw[None, :]
     dz = jnp.where(fresh[None, :], dz, 0.0)
     w_c = lax.dynamic_slice_in_dim(weight, start, c, axis=0)
-    dz_lo = dz.astype(weight.dtype)
-    dx = dx + jnp.dot(dz_lo, w_c, preferred_element_type=acc)
+    dx = dx + jnp.dot(dz.astype(weight.dtype), w_c, preferred_element_type=acc)
     dw_c = lax.dot_general(dz.astype(x.dtype), x, (((0,), (0,)), ((), ())),
                            preferred_element_type=acc)
     prev = lax.dynamic_slice_in_dim(dw, start, c, axis=0)
     dw = lax.dynamic_update_slice_in_dim(dw, prev + dw_c.astype(dw.dtype), start, axis=0)
     if db is not None:
       prev_b = lax.dynamic_slice_in_dim(db, start, c)
-      db = lax.dynamic_update_slice_in_dim(db, prev_b + jnp.sum(dz, axis=0).astype(db.dtype), start, axis=0)
+      db = lax.dynamic_update_slice_in_dim(db, prev_b + jnp.sum(dz, axis=0).astype(db.dtype),
+                                           start, axis=0)
     return dx, dw, db
 
   init = (jnp.zeros(x.shape, acc), jnp.zeros_like(weight),
           None if bias is None else jnp.zeros_like(bias))
-  dx, dw, db = lax.fori_loop(0, num_chunks, body, init)
+  init = _varying_like(init, x, weight, bias, labels, class_weight, lse)
+  dx, dw, db = lax.fori_loop(0, -(-vocab // c), body, init)
   dcw = None if class_weight is None else jnp.zeros_like(class_weight)
   return dx.astype(x.dtype), dw, db, None, dcw
 
 
-_lce_rows.defvjp(_lce_rows_fwd, _lce_rows_bwd)
+linear_stats.defvjp(_linear_stats_fwd, _linear_stats_bwd)
+
+
+def smoothed_rows(lse, zy, zw, labels, *, vocab, class_weight, ignore_index, eps):
+  """Per-row torch cross-entropy from the stats (0 where ignored, before NaN marking)."""
+  _, w_label, _ = label_terms(labels, vocab, class_weight, ignore_index, lse.dtype)
+  loss = w_label * (lse - zy)
+  if eps != 0.0:
+    w_total = (jnp.asarray(vocab, lse.dtype) if class_weight is None
+               else jnp.sum(class_weight.astype(lse.dtype)))
+    smooth = jnp.where(labels == ignore_index, 0.0, w_total * lse - zw)
+    loss = (1.0 - eps) * loss + (eps / vocab) * smooth
+  return loss
 
 
 def _check_linear(inputs, weight, bias):
@@ -243,7 +266,10 @@ def linear_cross_entropy(
   x = inputs.reshape(-1, d)
   y = labels.reshape(-1).astype(jnp.int32)
   c = choose_chunk_size(x.shape[0], vocab, chunk_size)
-  rows = _lce_rows(c, int(ignore_index), float(label_smoothing), x, weight, bias, y, class_weight)
+  eps = float(label_smoothing)
+  lse, zy, zw = linear_stats(c, eps != 0.0, x, weight, bias, y, class_weight)
+  rows = smoothed_rows(lse, zy, zw, y, vocab=vocab, class_weight=class_weight,
+                       ignore_index=ignore_index, eps=eps)
   _, w_label, bad = label_terms(labels, vocab, class_weight, ignore_index, rows.dtype)
   out = reduce_loss(rows.reshape(lead), w_label, bad, reduction)
   return out.astype(_checks.compute_dtype(inputs, weight))

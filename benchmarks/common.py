@@ -1,0 +1,136 @@
+"""Shared benchmark harness: machine description, alternated timing, peer workers.
+
+Protocol (DEVELOPERS.md): contenders run in alternation (A B A B ...), medians
+are reported, compile/warm-up is excluded, and a short sleep separates a JAX
+run from a peer-framework run so one runtime's spinning threads do not slow
+the other. Peers (torch, Paddle, TF) live in their own virtual environments,
+so they run in a persistent worker subprocess that times itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VENVS = os.environ.get("BIGSOFTMAX_VENVS", "/work/venvs")
+
+
+def peer_python(framework: str) -> str | None:
+  """The interpreter for a peer framework: $BIGSOFTMAX_<NAME>_PYTHON or <VENVS>/<name>/bin/python."""
+  env = os.environ.get(f"BIGSOFTMAX_{framework.upper()}_PYTHON")
+  path = env or os.path.join(VENVS, framework, "bin", "python")
+  return path if os.path.exists(path) else None
+
+
+def machine_description() -> str:
+  cpu = platform.processor() or "unknown CPU"
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  mem = ""
+  try:
+    with open("/proc/meminfo") as f:
+      mem = f"{int(f.readline().split()[1]) / 2**20:.0f} GiB RAM"
+  except OSError:
+    pass
+  import jax
+  dev = jax.devices()[0]
+  return (f"{cpu}, {os.cpu_count()} cores, {mem}; python {platform.python_version()}, "
+          f"jax {jax.__version__} on {dev.platform} ({dev.device_kind})")
+
+
+def block(x):
+  import jax
+  return jax.block_until_ready(x)
+
+
+def time_call(fn: Callable[[], object]) -> float:
+  t0 = time.perf_counter()
+  block(fn())
+  return time.perf_counter() - t0
+
+
+def jax_temp_bytes(jitted, *args) -> int | None:
+  """XLA's compiled temporary allocation (excludes arguments and outputs)."""
+  try:
+    ma = jitted.lower(*args).compile().memory_analysis()
+    return int(ma.temp_size_in_bytes)
+  except Exception:  # some backends do not report it
+    return None
+
+
+class Worker:
+  """A peer framework in its own interpreter, driven by JSON lines on stdin/stdout."""
+
+  def __init__(self, python: str, script: str, setup: dict):
+    self.proc = subprocess.Popen([python, "-u", script], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, cwd=HERE)
+    self.version = self.call({"op": "setup", **setup})["version"]
+
+  def call(self, msg: dict) -> dict:
+    self.proc.stdin.write(json.dumps(msg) + "\n")
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"peer worker died (exit code {self.proc.poll()})")
+    out = json.loads(line)
+    if "error" in out:
+      raise RuntimeError(f"peer worker error: {out['error']}")
+    return out
+
+  def time(self) -> float:
+    return self.call({"op": "time"})["seconds"]
+
+  def close(self):
+    try:
+      self.call({"op": "quit"})
+    except Exception:
+      pass
+    self.proc.wait(timeout=30)
+
+
+def serve(handlers: dict[str, Callable[[dict], dict]]) -> None:
+  """Worker side: answer JSON-line requests until 'quit'."""
+  for line in sys.stdin:
+    msg = json.loads(line)
+    if msg["op"] == "quit":
+      print(json.dumps({"ok": True}), flush=True)
+      return
+    try:
+      out = handlers[msg["op"]](msg)
+    except Exception as e:  # report, keep serving
+      out = {"error": f"{type(e).__name__}: {e}"}
+    print(json.dumps(out), flush=True)
+
+
+def alternate(contenders: dict[str, Callable[[], float]], rounds: int,
+              peer_names: tuple[str, ...] = (), sleep_s: float = 1.0) -> dict[str, float]:
+  """Runs each contender once per round, in turn; returns the median seconds."""
+  times = {k: [] for k in contenders}
+  for _ in range(rounds):
+    prev_peer = None
+    for name, fn in contenders.items():
+      is_peer = name in peer_names
+      if prev_peer is not None and prev_peer != is_peer:
+        time.sleep(sleep_s)
+      times[name].append(fn())
+      prev_peer = is_peer
+    time.sleep(sleep_s)
+  return {k: statistics.median(v) for k, v in times.items()}
+
+
+def fmt_bytes(n: int | None) -> str:
+  if n is None:
+    return "n/a"
+  return f"{n / 2**20:,.0f} MiB"

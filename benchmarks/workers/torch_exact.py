@@ -1,0 +1,50 @@
+"""torch peer for bench_exact.py: F.linear + F.cross_entropy, fwd+bwd (run in the torch venv)."""
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import serve  # noqa: E402
+
+state = {}
+
+
+def rss_mib():
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def setup(msg):
+  n, d, v = msg["n"], msg["d"], msg["v"]
+  g = np.random.default_rng(0)
+  state["x"] = torch.tensor(g.normal(size=(n, d)).astype(np.float32), requires_grad=True)
+  state["w"] = torch.tensor((g.normal(size=(v, d)) / np.sqrt(d)).astype(np.float32), requires_grad=True)
+  state["b"] = torch.zeros(v, requires_grad=True)
+  state["y"] = torch.tensor(g.integers(0, v, size=n))
+  state["base_rss"] = rss_mib()
+  return {"version": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def step():
+  x, w, b, y = state["x"], state["w"], state["b"], state["y"]
+  for t in (x, w, b):
+    t.grad = None
+  loss = F.cross_entropy(F.linear(x, w, b), y)
+  loss.backward()
+  return loss.item()
+
+
+def time_once(msg):
+  t0 = time.perf_counter()
+  step()
+  dt = time.perf_counter() - t0
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+  return {"seconds": dt, "peak_rss_increase_mib": peak - state["base_rss"]}
+
+
+serve({"setup": setup, "time": time_once})
