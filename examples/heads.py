@@ -160,6 +160,7 @@ class Head(nn.Module):
       self.impl = cls(s.num_classes, s.features)
     elif s.kind == "adaptive":
       self.impl = cls(s.features, s.num_classes, s.cutoffs, div_value=s.div_value)
+      # hsz_i = features // div_value**(i+1) must stay >= 1 (checked by the head).
     elif s.kind == "hsigmoid":
       custom = s.tree == "huffman"
       # A custom tree has V-1 internal nodes; HSigmoidLoss then takes that count.
@@ -168,29 +169,34 @@ class Head(nn.Module):
     else:
       self.impl = cls(s.num_classes, s.features, s.num_sampled)
 
+  def _huffman(self) -> bool:
+    return self.spec.kind == "hsigmoid" and self.spec.tree == "huffman"
+
   def _tables(self):
+    """Per-class Huffman tables ``[V, L]`` as constants."""
     return jnp.asarray(self.spec.path_table.array), jnp.asarray(self.spec.path_code.array)
 
   def nll(self, x: jax.Array, labels: jax.Array, *, train: bool = False) -> jax.Array:
     """Per-token loss ``[...]``: exact NLL, except the sampled head's training loss."""
-    s = self.spec
-    if s.kind == "sampled" and train:
+    if self.spec.kind == "sampled" and train:
       return self.impl(x, labels, deterministic=False)
-    if s.kind == "hsigmoid" and s.tree == "huffman":
-      table, code = self._tables()
-      return self.impl.nll(x, labels, path_table=table, path_code=code)
+    if self._huffman():
+      table_VxL, code_VxL = self._tables()
+      # HSigmoidLoss.nll takes one path per example: gather each label's row.
+      return self.impl.nll(x, labels, path_table=jnp.take(table_VxL, labels, axis=0),
+                           path_code=jnp.take(code_VxL, labels, axis=0))
     return self.impl.nll(x, labels)
 
   def log_prob(self, x: jax.Array) -> jax.Array:
     """Exact log-probabilities ``[..., V]``."""
-    if self.spec.kind == "hsigmoid" and self.spec.tree == "huffman":
-      table, code = self._tables()
-      return self.impl.log_prob(x, path_table=table, path_code=code)
+    if self._huffman():
+      table_VxL, code_VxL = self._tables()
+      return self.impl.log_prob(x, path_table=table_VxL, path_code=code_VxL)
     return self.impl.log_prob(x)
 
   def predict(self, x: jax.Array) -> jax.Array:
     """Arg-max class ``[...]``."""
-    if self.spec.kind == "hsigmoid" and self.spec.tree == "huffman":
-      table, code = self._tables()
-      return self.impl.predict(x, path_table=table, path_code=code)
+    if self._huffman():
+      table_VxL, code_VxL = self._tables()
+      return self.impl.predict(x, path_table=table_VxL, path_code=code_VxL)
     return self.impl.predict(x)
