@@ -194,7 +194,7 @@ def test_lm_resume_gives_identical_continuation(corpus_dir, tmp_path):
   assert ppl[1] < ppl[0] < 297  # learns: below the uniform perplexity, and improving
 
 
-@pytest.mark.parametrize("head", ["full", "sampled"])
+@pytest.mark.parametrize("head", ["adaptive", "sampled"])
 def test_lm_one_vs_eight_devices(corpus_dir, tmp_path, head):
   _needs(head)
   assert jax.device_count() == 8
@@ -259,8 +259,8 @@ def test_lm_nan_loss_raises(corpus_dir, tmp_path):
 
 
 def test_lm_cli(corpus_dir, tmp_path):
-  """The README command on the default corpus (tiny overrides): trains, prints perplexity, resumes;
-  and a bad key is refused."""
+  """The README command on the default corpus (tiny overrides) trains and prints perplexity;
+  a bad key is refused."""
   _needs("adaptive")
   base = [sys.executable, "-m", "examples.lm.main", f"--workdir={tmp_path / 'w'}",
           "--config.max_vocab=500", "--config.adaptive_cutoffs=(50,200)",
@@ -276,10 +276,7 @@ def test_lm_cli(corpus_dir, tmp_path):
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert "final: valid_ppl=" in ok.stdout and "tok_s=" in ok.stderr
   assert "vocabulary 500" in ok.stdout and "head adaptive" in ok.stdout
-  again = subprocess.run(base[:-1] + ["--config.num_train_steps=3", "--config.num_devices=1"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert again.returncode == 0, again.stderr[-2000:]
-  assert "resumed from checkpoint at step 2" in again.stderr
+  assert os.path.exists(tmp_path / "w" / "metrics.png")
   bad = subprocess.run(base + ["--config.no_such_field=1"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "no_such_field" in bad.stderr
@@ -288,7 +285,7 @@ def test_lm_cli(corpus_dir, tmp_path):
 # -------------------------------------------------------------------- VAE
 
 
-@pytest.mark.parametrize("head,tree", [("adaptive", "default"), ("hsigmoid", "huffman")])
+@pytest.mark.parametrize("head,tree", [("adaptive", "default")])
 def test_vae_smoke(corpus_dir, tmp_path, head, tree):
   _needs(head)
   config = tiny_vae(corpus_dir, head=head, hsigmoid_tree=tree)

@@ -9,7 +9,7 @@ Usage (from the repository root)::
 """
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "vae.py")
@@ -26,6 +26,7 @@ flags.DEFINE_integer("process_id", None, "This process's id (with --distributed)
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # keep orbax's INFO lines off the progress bar
   import jax
   if FLAGS.distributed:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
