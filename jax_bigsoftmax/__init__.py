@@ -15,6 +15,12 @@ from jax_bigsoftmax._vocab_parallel import vocab_parallel_cross_entropy
 # --- adaptive softmax (issue 4) ---
 
 # --- sampled softmax (issue 5) ---
+from jax_bigsoftmax._sampled import sampled_softmax_loss
+from jax_bigsoftmax._sampled import sampled_softmax_with_cross_entropy
+from jax_bigsoftmax._sampled_head import SampledSoftmaxLoss
+from jax_bigsoftmax._sampled_samplers import fixed_unigram_candidate_sampler
+from jax_bigsoftmax._sampled_samplers import log_uniform_candidate_sampler
+from jax_bigsoftmax._sampled_samplers import uniform_candidate_sampler
 
 __version__ = "0.1.0"
 
@@ -30,4 +36,10 @@ __all__ = (
     # hsigmoid
     # adaptive
     # sampled
+    "SampledSoftmaxLoss",
+    "fixed_unigram_candidate_sampler",
+    "log_uniform_candidate_sampler",
+    "sampled_softmax_loss",
+    "sampled_softmax_with_cross_entropy",
+    "uniform_candidate_sampler",
 )

@@ -1,0 +1,142 @@
+"""Flax head for sampled softmax (sampled loss in training, exact softmax in evaluation)."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jax_bigsoftmax import _checks
+from jax_bigsoftmax._full_head import default_weight_init
+from jax_bigsoftmax._linear_ce import linear_argmax, linear_cross_entropy
+from jax_bigsoftmax._sampled import sampled_softmax_loss
+
+
+class SampledSoftmaxLoss(nn.Module):
+  """Sampled softmax output layer (Jean et al. 2014), TF ``sampled_softmax_loss`` in training.
+
+  ``__call__(inputs [..., D], labels, *, deterministic=False) -> [...]``
+  per-example losses. In training (``deterministic=False``) it is
+  ``sampled_softmax_loss`` with S log-uniform negatives drawn from the
+  ``"sampler"`` rng stream (pass ``rngs={"sampler": key}``); with
+  ``deterministic=True`` it is the exact full-softmax loss
+  ``-(1/T) sum_t log softmax(x W^T + b)[y_t]`` computed by
+  ``linear_cross_entropy`` without materialising ``[..., V]`` logits.
+  ``labels`` is ``[...]`` (T = 1) or ``[..., num_true]``. A position whose
+  labels all equal ``ignore_index`` (padding) gives loss 0 and no gradient in
+  both modes (an extension: TF's function has no ignore_index).
+
+  ``nll(x, labels) -> [...]``, ``log_prob(x) -> [..., V]`` and
+  ``predict(x) -> [...]`` are exact (the common head interface). The
+  log-uniform sampler assumes class ids sorted by decreasing frequency.
+
+  Params: ``weight`` ``[num_classes, features]``, ``bias`` ``[num_classes]``
+  (TF's ``weights``/``biases``).
+
+  Attributes:
+    num_classes: vocabulary size V.
+    features: input feature size D.
+    num_sampled: S, negatives per step (shared by the batch, ``< V``).
+    num_true: T, targets per example.
+    remove_accidental_hits: mask sampled classes equal to a target.
+    ignore_index: label value of padded positions (loss 0).
+    dtype: computation dtype (None: the inputs' dtype).
+    param_dtype: dtype of the parameters.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jax_bigsoftmax as jbs
+    >>> head = jbs.SampledSoftmaxLoss(num_classes=100, features=8, num_sampled=10)
+    >>> x, y = jnp.ones((2, 3, 8)), jnp.zeros((2, 3), jnp.int32)
+    >>> params = head.init(jax.random.key(0), x, y, deterministic=True)
+    >>> head.apply(params, x, y, rngs={"sampler": jax.random.key(1)}).shape
+    (2, 3)
+
+  References:
+    Jean et al. 2014, "On Using Very Large Target Vocabulary for Neural Machine
+    Translation".
+  """
+
+  num_classes: int
+  features: int
+  num_sampled: int
+  num_true: int = 1
+  remove_accidental_hits: bool = True
+  ignore_index: int = -100
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  weight_init: Any = default_weight_init
+
+  def setup(self):
+    if self.num_classes < 2:
+      raise ValueError(f"num_classes must be >= 2; got {self.num_classes}.")
+    if self.features < 1:
+      raise ValueError(f"features must be >= 1; got {self.features}.")
+    if not 1 <= self.num_sampled < self.num_classes:
+      raise ValueError(
+          f"num_sampled must be in [1, num_classes) = [1, {self.num_classes}); got"
+          f" {self.num_sampled}.")
+    if self.num_true < 1:
+      raise ValueError(f"num_true must be >= 1; got {self.num_true}.")
+    self.weight = self.param("weight", self.weight_init, (self.num_classes, self.features),
+                             self.param_dtype)
+    self.bias = self.param("bias", nn.initializers.zeros, (self.num_classes,), self.param_dtype)
+
+  def _cast(self, x):
+    dtype = self.dtype or jnp.result_type(x)
+    return jnp.asarray(x, dtype), jnp.asarray(self.weight, dtype), jnp.asarray(self.bias, dtype)
+
+  def _labels(self, x, labels):
+    lead = tuple(jnp.shape(x)[:-1])
+    shape = tuple(jnp.shape(labels))
+    if self.num_true == 1 and shape == lead:
+      return jnp.asarray(labels)[..., None]
+    if shape != lead + (self.num_true,):
+      raise ValueError(
+          f"labels must have shape {lead + (self.num_true,)} ([..., num_true])"
+          + (f" or {lead}" if self.num_true == 1 else "") + f"; got {shape}.")
+    return jnp.asarray(labels)
+
+  def __call__(self, inputs: ArrayLike, labels: ArrayLike, *,
+               deterministic: bool = False) -> jax.Array:
+    x, w, b = self._cast(inputs)
+    labels_T = self._labels(x, labels)
+    _checks.check_integer("labels", labels_T)
+    ignored = jnp.all(labels_T == self.ignore_index, axis=-1)
+    labels_T = jnp.where(ignored[..., None], 0, labels_T)
+    if deterministic:
+      loss = self._exact_loss(x, w, b, labels_T)
+    else:
+      loss = sampled_softmax_loss(w, b, labels_T, x, self.num_sampled, self.num_classes,
+                                  self.num_true, None, self.remove_accidental_hits,
+                                  key=self.make_rng("sampler"))
+    return jnp.where(ignored, jnp.zeros((), loss.dtype), loss)
+
+  def _exact_loss(self, x, w, b, labels_T):
+    """-(1/T) sum_t log p(y_t) = lse - mean_t z_t, with one pass for the lse."""
+    nll0 = linear_cross_entropy(x, w, labels_T[..., 0], b, reduction="none")
+    if self.num_true == 1:
+      return nll0
+    acc = _checks.compute_dtype(x, w)
+    lab = jnp.clip(labels_T, 0, self.num_classes - 1)
+    z = jnp.einsum("...d,...td->...t", x, jnp.take(w, lab, axis=0),
+                   preferred_element_type=acc) + jnp.take(b, lab).astype(acc)
+    lse = nll0.astype(acc) + z[..., 0]
+    bad = jnp.any((labels_T < 0) | (labels_T >= self.num_classes), axis=-1)
+    return jnp.where(bad, jnp.nan, lse - jnp.mean(z, axis=-1))
+
+  def nll(self, inputs: ArrayLike, labels: ArrayLike) -> jax.Array:
+    x, w, b = self._cast(inputs)
+    return linear_cross_entropy(x, w, labels, b, ignore_index=self.ignore_index,
+                                reduction="none")
+
+  def log_prob(self, inputs: ArrayLike) -> jax.Array:
+    x, w, b = self._cast(inputs)
+    logits = jnp.dot(x, w.T, preferred_element_type=jnp.float32)
+    logits = logits + b.astype(jnp.float32).reshape((1,) * (logits.ndim - 1) + (-1,))
+    return jax.nn.log_softmax(logits, axis=-1)
+
+  def predict(self, inputs: ArrayLike) -> jax.Array:
+    x, w, b = self._cast(inputs)
+    return linear_argmax(x, w, b)
