@@ -52,15 +52,15 @@ def get_config():
   # AdamW decoupled weight decay.
   config.weight_decay = 0.0
   # Total training steps.
-  config.num_train_steps = 2000
+  config.num_train_steps = 1000
   # Validation perplexity every this many steps (and at the end).
-  config.eval_every_steps = 500
+  config.eval_every_steps = 250
   # Evaluate on the first this many tokens of valid/test (0: the whole split).
   config.eval_max_tokens = 20000
   # Progress-bar and metrics-file update interval (steps).
   config.log_every_steps = 20
   # Orbax checkpoint interval (steps); the run resumes from the latest.
-  config.checkpoint_every_steps = 500
+  config.checkpoint_every_steps = 250
   # Seed for parameters, dropout, sampling and batch order.
   config.seed = 0
   # Devices to use for data parallelism (0: all local devices).

@@ -29,17 +29,17 @@ def get_config():
   # Longest sentence kept, in tokens (decoder length is max_len + 1 with <eos>).
   config.max_len = 16
   # Global batch size (sentences per step), split across devices.
-  config.batch_size = 64
+  config.batch_size = 32
   # Word embedding size (shared by encoder and decoder).
   config.emb_dim = 128
   # Encoder/decoder LSTM state size = head input features.
-  config.hidden_dim = 192
+  config.hidden_dim = 128
   # Latent code size.
   config.latent_dim = 16
   # Probability of replacing a decoder input word by <unk> (Bowman et al.'s word dropout).
   config.word_dropout = 0.3
   # Steps over which the KL weight rises linearly from 0 to 1.
-  config.kl_anneal_steps = 1000
+  config.kl_anneal_steps = 600
   # Peak AdamW learning rate.
   config.learning_rate = 2e-3
   # Linear warm-up steps to the peak learning rate.
@@ -49,15 +49,15 @@ def get_config():
   # AdamW decoupled weight decay.
   config.weight_decay = 0.0
   # Total training steps.
-  config.num_train_steps = 1500
+  config.num_train_steps = 1000
   # Validation every this many steps (and at the end).
-  config.eval_every_steps = 500
+  config.eval_every_steps = 250
   # Validate on the first this many valid sentences (0: all).
   config.eval_max_sentences = 2048
   # Progress-bar and metrics-file update interval (steps).
   config.log_every_steps = 20
   # Orbax checkpoint interval (steps); the run resumes from the latest.
-  config.checkpoint_every_steps = 500
+  config.checkpoint_every_steps = 250
   # Greedy sentences decoded from the prior after training.
   config.num_samples = 8
   # Seed for parameters, dropout, latents, sampling and batch order.

@@ -263,6 +263,7 @@ def fit(*, config, workdir: str, state, train_step: Callable, get_batch: Callabl
   if start:
     bar.write(f"resumed from checkpoint at step {start}")
   tokens, loss_sum, n_loss, t0 = 0, 0.0, 0, time.perf_counter()
+  paused = 0.0  # evaluation and checkpoint time, left out of tokens/s
   try:
     for step in range(start, total):
       batch, num_tokens = get_batch(step)
@@ -271,16 +272,17 @@ def fit(*, config, workdir: str, state, train_step: Callable, get_batch: Callabl
       check_finite(loss, step + 1)
       tokens, loss_sum, n_loss = tokens + num_tokens, loss_sum + loss, n_loss + 1
       if step == start:  # tokens/s excludes the first step (compilation)
-        tokens, t0 = 0, time.perf_counter()
+        tokens, t0, paused = 0, time.perf_counter(), 0.0
       done = step + 1
       bar.update(1)
       if done % config.log_every_steps == 0 or done == total:
-        dt = time.perf_counter() - t0
-        rate = tokens / dt if dt > 0 else 0.0
+        dt = time.perf_counter() - t0 - paused
+        rate = tokens / dt if dt > 0 and tokens else 0.0
         extra = {k: float(v) for k, v in metrics.items() if k != "loss"}
         bar.set_postfix(loss=f"{loss_sum / n_loss:.3f}", tok_s=f"{rate:,.0f}")
         writer.write(done, train_loss=loss_sum / n_loss, tokens_per_sec=rate, **extra)
-        tokens, loss_sum, n_loss = 0, 0.0, 0
+        tokens, loss_sum, n_loss, t0, paused = 0, 0.0, 0, time.perf_counter(), 0.0
+      t_pause = time.perf_counter()
       if done % config.eval_every_steps == 0 or done == total:
         results = evaluate(state)
         writer.write(done, **results)
@@ -290,8 +292,7 @@ def fit(*, config, workdir: str, state, train_step: Callable, get_batch: Callabl
         writer.plot(desc)
       if done % config.checkpoint_every_steps == 0 or done == total:
         ckpt.save(done, state)
-      if done % config.log_every_steps == 0 or done == total:
-        t0 = time.perf_counter()  # tokens/s excludes evaluation and checkpoint time
+      paused += time.perf_counter() - t_pause
   finally:
     bar.close()
     ckpt.close()
