@@ -9,10 +9,29 @@ from jax_bigsoftmax._full_head import FullSoftmaxLoss
 from jax_bigsoftmax._linear_ce import linear_argmax
 from jax_bigsoftmax._linear_ce import linear_cross_entropy
 from jax_bigsoftmax._vocab_parallel import vocab_parallel_cross_entropy
+from jax_bigsoftmax._vocab_parallel_heads import PackedAdaptiveTails
+from jax_bigsoftmax._vocab_parallel_heads import pack_adaptive_tails
+from jax_bigsoftmax._vocab_parallel_heads import unpack_adaptive_tails
+from jax_bigsoftmax._vocab_parallel_heads import vocab_parallel_adaptive_log_softmax_with_loss
+from jax_bigsoftmax._vocab_parallel_heads import vocab_parallel_sampled_softmax_loss
 
 # --- hierarchical sigmoid (issue 3) ---
+from jax_bigsoftmax._hsigmoid import hsigmoid_log_prob
+from jax_bigsoftmax._hsigmoid import hsigmoid_loss
+from jax_bigsoftmax._hsigmoid import hsigmoid_predict
+from jax_bigsoftmax._hsigmoid_head import HSigmoidLoss
+from jax_bigsoftmax._hsigmoid_tree import default_tree
+from jax_bigsoftmax._hsigmoid_tree import huffman_tree
 
 # --- adaptive softmax (issue 4) ---
+from jax_bigsoftmax._adaptive import adaptive_log_prob
+from jax_bigsoftmax._adaptive import adaptive_log_softmax_with_loss
+from jax_bigsoftmax._adaptive import adaptive_predict
+from jax_bigsoftmax._adaptive_cutoffs import adaptive_cost
+from jax_bigsoftmax._adaptive_cutoffs import frequency_sort
+from jax_bigsoftmax._adaptive_cutoffs import suggest_cutoffs
+from jax_bigsoftmax._adaptive_head import AdaptiveLogSoftmaxWithLoss
+from jax_bigsoftmax._adaptive_head import ASMOutput
 
 # --- sampled softmax (issue 5) ---
 from jax_bigsoftmax._sampled import sampled_softmax_loss
@@ -33,8 +52,27 @@ __all__ = (
     "linear_cross_entropy",
     "nll_loss",
     "vocab_parallel_cross_entropy",
+    "PackedAdaptiveTails",
+    "pack_adaptive_tails",
+    "unpack_adaptive_tails",
+    "vocab_parallel_adaptive_log_softmax_with_loss",
+    "vocab_parallel_sampled_softmax_loss",
     # hsigmoid
+    "HSigmoidLoss",
+    "default_tree",
+    "hsigmoid_log_prob",
+    "hsigmoid_loss",
+    "hsigmoid_predict",
+    "huffman_tree",
     # adaptive
+    "adaptive_log_prob",
+    "adaptive_log_softmax_with_loss",
+    "adaptive_predict",
+    "adaptive_cost",
+    "frequency_sort",
+    "suggest_cutoffs",
+    "AdaptiveLogSoftmaxWithLoss",
+    "ASMOutput",
     # sampled
     "SampledSoftmaxLoss",
     "fixed_unigram_candidate_sampler",

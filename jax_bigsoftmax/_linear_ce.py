@@ -22,6 +22,7 @@ from jax.typing import ArrayLike
 
 from jax_bigsoftmax import _checks
 from jax_bigsoftmax._exact import label_terms, reduce_loss
+from jax_bigsoftmax._sharding import varying_like as _varying_like
 
 # Default chunk: about 2**24 logits (64 MiB in float32) per chunk.
 _CHUNK_ELEMENTS = 1 << 24
@@ -37,30 +38,6 @@ def choose_chunk_size(num_rows: int, vocab: int, chunk_size: int | None) -> int:
       raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}.")
     c = chunk_size
   return min(c, vocab)
-
-
-def _varying_axes(x) -> frozenset:
-  aval = jax.typeof(x)
-  mat = getattr(aval, "manual_axis_type", None)  # newer jax
-  if mat is not None:
-    return frozenset(mat.varying)
-  return frozenset(getattr(aval, "vma", frozenset()))
-
-
-def _varying_like(init, *refs):
-  """Marks loop-carry initial values as varying over the mesh axes the operands
-  vary over (needed inside ``shard_map``; a no-op elsewhere)."""
-  vma = frozenset().union(*(_varying_axes(r) for r in refs if r is not None))
-  return make_varying(init, vma)
-
-
-def make_varying(tree, axes):
-  """``lax.pcast(..., to="varying")`` every leaf over the ``axes`` it lacks."""
-  def cast(a):
-    missing = tuple(sorted(frozenset(axes) - _varying_axes(a)))
-    return lax.pcast(a, missing, to="varying") if missing else a
-
-  return jax.tree.map(cast, tree)
 
 
 def _acc_dtype(x, weight):

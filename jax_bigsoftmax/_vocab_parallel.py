@@ -18,7 +18,8 @@ from jax.typing import ArrayLike
 from jax_bigsoftmax import _checks
 from jax_bigsoftmax._exact import label_terms, reduce_loss
 from jax_bigsoftmax._linear_ce import (_check_linear, choose_chunk_size, linear_stats,
-                                       make_varying, smoothed_rows)
+                                       smoothed_rows)
+from jax_bigsoftmax._sharding import make_varying
 
 
 def _check_mesh_axes(mesh: Mesh, vocab_axis: str, data_axis: str | None) -> None:

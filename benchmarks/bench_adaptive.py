@@ -1,0 +1,194 @@
+"""Adaptive softmax fwd+bwd: jax_bigsoftmax vs torch vs dense full softmax.
+
+  PYTHONPATH=. /work/venvs/dev/bin/python benchmarks/bench_adaptive.py [--quick]
+
+One training step (loss and gradients w.r.t. the input and every weight) at
+N=4096 tokens, D=512, Zipf(1.0) targets, for
+  V=100,000 with cutoffs [2000, 10000, 50000] and
+  V=267,735 (WikiText-103) with fairseq's cutoffs [20000, 60000], div_value 4.
+Contenders:
+  ours   jax.jit(value_and_grad) of AdaptiveLogSoftmaxWithLoss (this process)
+  torch  torch.nn.AdaptiveLogSoftmaxWithLoss, loss.backward() (a worker in the
+         torch venv, driven over a pipe, timing itself)
+  dense  jax.jit(value_and_grad) of a full softmax cross-entropy x @ W [D, V]
+         (skipped with the reason printed when its logits would not fit)
+Rounds alternate ours / torch / dense with a 1 s pause between contenders;
+compile and warm-up are excluded; medians over rounds are reported.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jax_bigsoftmax as jbs
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TORCH_PY = os.environ.get("TORCH_PYTHON", "/work/venvs/torch/bin/python")
+
+CONFIGS = [
+    # (name, V, cutoffs)
+    ("V=100k", 100_000, [2000, 10000, 50000]),
+    ("V=267,735", 267_735, [20000, 60000]),
+]
+QUICK = [("quick V=20k", 20_000, [500, 2000, 8000])]
+
+
+def zipf_targets(rng, n, v):
+  p = 1.0 / np.arange(1, v + 1)
+  return rng.choice(v, size=n, p=p / p.sum()).astype(np.int64)
+
+
+def mem_available_bytes():
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def time_jax(fn, args, reps):
+  out = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    out.append(time.perf_counter() - t0)
+  return out
+
+
+def machine():
+  cpu = "unknown CPU"
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  dev = jax.devices()[0]
+  return (f"{cpu}, {os.cpu_count()} cores visible; {platform.platform()}; "
+          f"jax {jax.__version__} on {dev.platform} ({dev.device_kind})")
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--quick", action="store_true", help="small sizes, smoke test")
+  ap.add_argument("--rounds", type=int, default=5, help="alternating rounds")
+  ap.add_argument("--reps", type=int, default=3, help="steps per contender per round")
+  ap.add_argument("--dense-rounds", type=int, default=2, help="rounds that include dense")
+  ap.add_argument("--n", type=int, default=4096)
+  ap.add_argument("--d", type=int, default=512)
+  ap.add_argument("--no-torch", action="store_true")
+  args = ap.parse_args()
+  n, d = (512, 64) if args.quick else (args.n, args.d)
+  configs = QUICK if args.quick else CONFIGS
+  rounds = 2 if args.quick else args.rounds
+  print("machine:", machine())
+  print(f"N={n} D={d} div_value=4.0 head_bias=False, Zipf(1.0) targets, fwd+bwd,"
+        f" {rounds} rounds x {args.reps} steps, medians")
+  rows = []
+  for name, v, cutoffs in configs:
+    rows.append(bench_one(name, v, cutoffs, n, d, rounds, args))
+  print()
+  print("| config | ours (ms) | torch (ms) | dense (ms) | torch / ours | dense / ours |")
+  print("|---|---|---|---|---|---|")
+  for r in rows:
+    f = lambda t: "skipped" if t is None else f"{t * 1e3:.1f}"
+    ratio = lambda t: "-" if t is None else f"{t / r['ours']:.2f}x"
+    print(f"| {r['name']} | {f(r['ours'])} | {f(r['torch'])} | {f(r['dense'])} |"
+          f" {ratio(r['torch'])} | {ratio(r['dense'])} |")
+  for r in rows:
+    if r.get("note"):
+      print(f"note ({r['name']}): {r['note']}")
+
+
+def bench_one(name, v, cutoffs, n, d, rounds, args):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(n, d)).astype(np.float32)
+  y = zipf_targets(rng, n, v)
+  bounds = [*cutoffs, v]
+  shares = [np.mean((y >= lo) & (y < hi)) for lo, hi in zip([0, *cutoffs], bounds)]
+  print(f"\n== {name}: cutoffs {cutoffs}; target share head/tails:"
+        f" {', '.join(f'{s:.3f}' for s in shares)}")
+
+  head = jbs.AdaptiveLogSoftmaxWithLoss(d, v, tuple(cutoffs))
+  params = jax.jit(head.init)(jax.random.PRNGKey(0), x[:2], y[:2])
+
+  @jax.jit
+  def ours(params, x, y):
+    return jax.value_and_grad(
+        lambda p, x: head.apply(p, x, y).loss, argnums=(0, 1))(params, x)
+
+  xj, yj = jnp.asarray(x), jnp.asarray(y)
+  jax.block_until_ready(ours(params, xj, yj))
+  jax.block_until_ready(ours(params, xj, yj))
+
+  dense = None
+  note = ""
+  need = 3 * n * v * 4 + 2 * d * v * 4  # logits, softmax/grad, W and dW
+  avail = mem_available_bytes()
+  if avail is not None and need > 0.5 * avail:
+    note = (f"dense skipped: needs ~{need / 2**30:.1f} GiB, only"
+            f" {avail / 2**30:.1f} GiB available")
+  elif args.dense_rounds > 0:
+    w = jnp.asarray(rng.normal(size=(d, v)).astype(np.float32) / np.sqrt(d))
+
+    @jax.jit
+    def dense(w, x, y):
+      def loss(w, x):
+        logits = x @ w
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        return jnp.mean(lse - jnp.take_along_axis(logits, y[:, None], -1)[:, 0])
+      return jax.value_and_grad(loss, argnums=(0, 1))(w, x)
+
+    jax.block_until_ready(dense(w, xj, yj))
+
+  worker = None
+  if not args.no_torch:
+    tmp = tempfile.NamedTemporaryFile(suffix=".npz", delete=False)
+    np.savez(tmp, x=x, y=y, cutoffs=np.array(cutoffs), n_classes=v, div_value=4.0)
+    tmp.close()
+    worker = subprocess.Popen(
+        [TORCH_PY, os.path.join(HERE, "_adaptive_torch_worker.py")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    worker.stdin.write(f"setup {tmp.name}\n")
+    worker.stdin.flush()
+    info = json.loads(worker.stdout.readline())
+    print(f"torch {info['version']} with {info['threads']} threads")
+
+  t = {"ours": [], "torch": [], "dense": []}
+  for r in range(rounds):
+    t["ours"] += time_jax(ours, (params, xj, yj), args.reps)
+    if worker is not None:
+      time.sleep(1.0)
+      worker.stdin.write(f"time {args.reps}\n")
+      worker.stdin.flush()
+      t["torch"] += json.loads(worker.stdout.readline())
+    if dense is not None and r < args.dense_rounds:
+      time.sleep(1.0)
+      t["dense"] += time_jax(dense, (w, xj, yj), 1)
+    time.sleep(1.0)
+    print(f"round {r}: " + ", ".join(
+        f"{k} {np.median(v) * 1e3:.1f} ms" for k, v in t.items() if v))
+  if worker is not None:
+    worker.stdin.write("quit\n")
+    worker.stdin.flush()
+    worker.wait()
+    os.unlink(tmp.name)
+  med = {k: (float(np.median(v)) if v else None) for k, v in t.items()}
+  return {"name": name, **med, "note": note}
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,425 @@
+"""Vocabulary-parallel approximate heads with ``shard_map``: sampled and adaptive softmax.
+
+Sampled softmax (``vocab_parallel_sampled_softmax_loss``): ``weights`` ``[V, D]``
+is split on V over a mesh axis. The T true rows of every example and the S
+sampled rows are gathered from their owning shards: each shard contributes
+the rows it owns and zeros elsewhere, and one ``psum`` of the gathered
+``([N, T, D], [N, T], [S, D], [S])`` rows assembles them on every shard. The
+loss is then TensorFlow's ``sampled_softmax_loss`` math (the very same code as
+the single-device function). Its gradient flows back through the ``psum`` to
+the owning shard only: no device ever holds more than ``V / P`` rows.
+
+Adaptive softmax (``vocab_parallel_adaptive_log_softmax_with_loss``): the tail
+clusters are independent, so whole clusters are assigned to the devices of a
+mesh axis (largest cluster first to the least loaded device, by parameter
+count). Each device keeps only its clusters' ``(proj, out)`` weights, packed
+into one flat row of a ``[P, L]`` buffer sharded on that axis
+(:func:`pack_adaptive_tails`), evaluates the target log-probabilities of the
+rows whose target lies in its clusters (the single-device blockwise kernel),
+and one ``psum`` of the per-row ``[N]`` tail log-probabilities combines them.
+The small head (shortlist + cluster tokens) is replicated.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, PartitionSpec as P
+from jax.typing import ArrayLike
+
+from jax_bigsoftmax import _adaptive, _checks
+from jax_bigsoftmax._sampled import _check_bool, _check_count, _tf_sampled_loss_from_rows
+from jax_bigsoftmax._sampled_samplers import log_uniform_candidate_sampler
+from jax_bigsoftmax._sharding import make_varying
+from jax_bigsoftmax._vocab_parallel import _check_mesh_axes
+
+
+def _check_divides(what: str, count: int, mesh: Mesh, axis: str) -> None:
+  if count % mesh.shape[axis]:
+    raise ValueError(f"{what} {count}, which does not divide by the size of mesh axis"
+                     f" {axis!r} ({mesh.shape[axis]}).")
+
+
+# ----------------------------------------------------------------------------
+# Sampled softmax.
+# ----------------------------------------------------------------------------
+
+
+def vocab_parallel_sampled_softmax_loss(
+    weights: ArrayLike,
+    biases: ArrayLike | None,
+    labels: ArrayLike,
+    inputs: ArrayLike,
+    num_sampled: int,
+    num_classes: int,
+    num_true: int = 1,
+    sampled_values: tuple[ArrayLike, ArrayLike, ArrayLike] | None = None,
+    remove_accidental_hits: bool = True,
+    *,
+    mesh: Mesh,
+    vocab_axis: str = "vocab",
+    data_axis: str | None = None,
+    key: jax.Array | None = None,
+) -> jax.Array:
+  r""":func:`sampled_softmax_loss` with ``weights`` ``[V, D]`` sharded on V.
+
+  Every shard gathers the true and sampled rows it owns (zeros for the
+  others); one ``psum`` over ``vocab_axis`` assembles them, then the loss is
+  TensorFlow's::
+
+    z_t = x . w[y_t] + b[y_t] - log Q(y_t),   z_s = x . w[c_s] + b[c_s] - log Q(c_s)
+    loss = logsumexp([z_t, z_s]) - (1/T) sum_t z_t
+
+  Given the same ``sampled_values`` (or the same ``key``), values and
+  gradients equal the single-device :func:`sampled_softmax_loss`. Per device:
+  ``V / P`` rows of ``weights``; communication: one ``psum`` of
+  ``(N_local * T + S) * (D + 1)`` numbers forward (and its transpose, a
+  broadcast, backward). The sampled logits are computed redundantly on every
+  shard of ``vocab_axis`` (they are ``O(N * S * D)``, not ``O(N * V * D)``).
+
+  Args:
+    weights: ``[V, D]``; V must divide by the size of ``vocab_axis``.
+    biases: ``[V]`` (sharded like ``weights``) or None.
+    labels: ``[..., num_true]`` int target classes.
+    inputs: ``[..., D]``; rows split over ``data_axis`` when given.
+    num_sampled, num_classes, num_true, sampled_values, remove_accidental_hits,
+      key: as in :func:`sampled_softmax_loss` (the sampler runs once, outside
+      the shard_map, so every shard uses the same samples).
+    mesh: the ``jax.sharding.Mesh``.
+    vocab_axis: mesh axis splitting the vocabulary.
+    data_axis: optional mesh axis splitting the rows (2-D data x vocab mesh);
+      the flattened row count must divide by its size.
+
+  Returns:
+    ``[...]`` per-example losses (NaN for an out-of-range label or sample).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, jax_bigsoftmax as jbs
+    >>> mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("vocab",))
+    >>> w, b = jnp.ones((50, 8)) * 0.1, jnp.zeros((50,))
+    >>> x, y = jnp.ones((4, 8)), jnp.array([[1], [2], [3], [4]])
+    >>> jbs.vocab_parallel_sampled_softmax_loss(w, b, y, x, 10, 50, mesh=mesh,
+    ...                                         key=jax.random.key(0)).shape
+    (4,)
+
+  References:
+    Jean et al. 2014, "On Using Very Large Target Vocabulary for Neural Machine
+    Translation"; Shoeybi et al. 2019, "Megatron-LM" (vocab-parallel layers).
+  """
+  _check_count("num_sampled", num_sampled)
+  _check_count("num_classes", num_classes, 2)
+  _check_count("num_true", num_true)
+  _check_bool("remove_accidental_hits", remove_accidental_hits)
+  _checks.check_floating("weights", weights)
+  _checks.check_floating("inputs", inputs)
+  _checks.check_integer("labels", labels)
+  _checks.check_ndim("weights", weights, ndim=2)
+  _checks.check_ndim("inputs", inputs, min_ndim=1)
+  vocab, dim = jnp.shape(weights)
+  if jnp.shape(inputs)[-1] != dim:
+    raise ValueError(f"inputs must have shape [..., D] with D = weights.shape[1] = {dim}; got"
+                     f" {jnp.shape(inputs)}.")
+  if num_classes > vocab:
+    raise ValueError(
+        f"num_classes must be <= weights.shape[0] = {vocab}; got num_classes={num_classes}.")
+  lead = tuple(jnp.shape(inputs)[:-1])
+  _checks.check_shape("labels", labels, lead + (num_true,), "[..., num_true]")
+  if biases is not None:
+    _checks.check_floating("biases", biases)
+    _checks.check_shape("biases", biases, (vocab,), "[V]")
+  _check_mesh_axes(mesh, vocab_axis, data_axis)
+  _check_divides("weights has V =", vocab, mesh, vocab_axis)
+  n_rows = int(np.prod(lead, dtype=np.int64))
+  if data_axis is not None:
+    _check_divides("inputs have N =", n_rows, mesh, data_axis)
+  _checks.check_labels_in_range(labels, num_classes, name="labels")
+
+  if sampled_values is None:
+    if key is None:
+      raise ValueError("key must be a jax.random key when sampled_values is None (the sampler"
+                       " needs randomness); got key=None.")
+    if num_sampled >= num_classes:
+      raise ValueError(f"num_sampled must be < num_classes for unique sampling; got"
+                       f" num_sampled={num_sampled}, num_classes={num_classes}.")
+    sampled_values = log_uniform_candidate_sampler(key, labels, num_true, num_sampled, True,
+                                                   num_classes)
+  if not isinstance(sampled_values, (tuple, list)) or len(sampled_values) != 3:
+    raise ValueError("sampled_values must be a tuple (sampled, true_expected_count,"
+                     f" sampled_expected_count); got {type(sampled_values).__name__}.")
+  sampled, true_ec, sampled_ec = (lax.stop_gradient(jnp.asarray(v)) for v in sampled_values)
+  _checks.check_integer("sampled_values[0]", sampled)
+  _checks.check_shape("sampled_values[0]", sampled, (num_sampled,), "[num_sampled]")
+  _checks.check_shape("sampled_values[1]", true_ec, lead + (num_true,), "labels' shape")
+  _checks.check_shape("sampled_values[2]", sampled_ec, (num_sampled,), "[num_sampled]")
+  _checks.check_labels_in_range(sampled, vocab, name="sampled_values[0]")
+
+  x = jnp.asarray(inputs).reshape(-1, dim)
+  w = jnp.asarray(weights)
+  b = jnp.zeros((vocab,), w.dtype) if biases is None else jnp.asarray(biases)
+  lab = jnp.asarray(labels).reshape(-1, num_true).astype(jnp.int32)
+  sampled = sampled.astype(jnp.int32)
+  true_ec = true_ec.reshape(-1, num_true)
+  local_vocab = vocab // mesh.shape[vocab_axis]
+  def gather_owned(w_l, b_l, ids):
+    """Rows ``ids`` of the global matrix where this shard owns them, else 0."""
+    local = ids - lax.axis_index(vocab_axis) * local_vocab
+    owned = (local >= 0) & (local < local_vocab)
+    idx = jnp.clip(local, 0, local_vocab - 1)
+    rows = jnp.where(owned[..., None], jnp.take(w_l, idx, axis=0), 0)
+    return rows, jnp.where(owned, jnp.take(b_l, idx), 0)
+
+  def local(x, w_l, b_l, lab, sampled, true_ec, sampled_ec):
+    tw, tb = gather_owned(w_l, b_l, lab)
+    sw, sb = gather_owned(w_l, b_l, sampled)
+    tw, tb, sw, sb = lax.psum((tw, tb, sw, sb), vocab_axis)  # the one collective
+    return _tf_sampled_loss_from_rows(x, tw, tb, sw, sb, lab, sampled, true_ec, sampled_ec,
+                                      remove_accidental_hits)
+
+  rows = P(data_axis)
+  specs = (P(data_axis, None), P(vocab_axis, None), P(vocab_axis), P(data_axis, None), P(),
+           P(data_axis, None), P())
+  loss = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=rows)(
+      x, w, b, lab, sampled, true_ec, sampled_ec)
+  bad = jnp.any((lab < 0) | (lab >= num_classes), axis=-1)
+  bad |= jnp.any((sampled < 0) | (sampled >= vocab))
+  return jnp.where(bad, jnp.nan, loss).reshape(lead)
+
+
+# ----------------------------------------------------------------------------
+# Adaptive softmax with tail clusters sharded over devices.
+# ----------------------------------------------------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PackedAdaptiveTails:
+  """Adaptive-softmax tail weights packed per device (see :func:`pack_adaptive_tails`).
+
+  Attributes:
+    buffer: ``[P, L]`` array; row ``p`` holds, flattened and concatenated, the
+      ``(proj, out)`` weights of the clusters owned by shard ``p`` (zero padded
+      to the longest row). Shard it with ``PartitionSpec(vocab_axis, None)``.
+    in_features: D (static).
+    hidden_sizes: ``hsz_i`` of every cluster (static).
+    out_sizes: ``osz_i`` of every cluster (static).
+    owner: the shard owning each cluster (static).
+    offsets: where each cluster's ``proj`` starts in its owner's row (static).
+  """
+  buffer: jax.Array
+  in_features: int = dataclasses.field(metadata=dict(static=True))
+  hidden_sizes: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
+  out_sizes: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
+  owner: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
+  offsets: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
+
+  @property
+  def num_shards(self) -> int:
+    return self.buffer.shape[0]
+
+  def cluster_slices(self, i: int) -> tuple[slice, slice]:
+    """Slices of ``proj`` and ``out`` of cluster ``i`` within its owner's row."""
+    d, h, o, off = self.in_features, self.hidden_sizes[i], self.out_sizes[i], self.offsets[i]
+    return slice(off, off + d * h), slice(off + d * h, off + d * h + h * o)
+
+
+def _assign_clusters(sizes: Sequence[int], num_shards: int) -> tuple[int, ...]:
+  """Largest cluster first to the least loaded shard (ties: lowest index)."""
+  load, owner = [0] * num_shards, [0] * len(sizes)
+  for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+    s = min(range(num_shards), key=lambda s: (load[s], s))
+    owner[i], load[s] = s, load[s] + sizes[i]
+  return tuple(owner)
+
+
+def pack_adaptive_tails(tail_weights: Sequence[Sequence[ArrayLike]],
+                        num_shards: int) -> PackedAdaptiveTails:
+  """Packs ``[(proj [D, hsz_i], out [hsz_i, osz_i]), ...]`` into one row per shard.
+
+  Clusters are assigned whole to shards, largest parameter count first to the
+  least loaded shard, so the memory per shard is about ``max(largest cluster,
+  total / P)``. With more shards than clusters some rows are empty padding.
+
+  Args:
+    tail_weights: the tail pairs in the layout of
+      :func:`adaptive_log_softmax_with_loss`; all of one floating dtype.
+    num_shards: P, the size of the mesh axis the buffer will be sharded on.
+
+  Returns:
+    A :class:`PackedAdaptiveTails` (a pytree: its ``buffer`` is the only leaf,
+    so it can be a parameter, get gradients and be sharded).
+
+  Examples:
+    >>> import jax.numpy as jnp, jax_bigsoftmax as jbs
+    >>> tails = [(jnp.ones((4, 2)), jnp.ones((2, 6))), (jnp.ones((4, 1)), jnp.ones((1, 8)))]
+    >>> packed = jbs.pack_adaptive_tails(tails, 2)
+    >>> packed.buffer.shape, packed.owner
+    ((2, 20), (0, 1))
+  """
+  _check_count("num_shards", num_shards)
+  if not isinstance(tail_weights, Sequence) or not tail_weights:
+    raise ValueError(f"tail_weights must be a non-empty sequence of (proj, out) pairs; got"
+                     f" {tail_weights!r}.")
+  for i, pair in enumerate(tail_weights):
+    if not isinstance(pair, Sequence) or len(pair) != 2:
+      raise ValueError(f"tail_weights[{i}] must be a pair (proj [D, hsz], out [hsz, osz]).")
+    _checks.check_ndim(f"tail_weights[{i}][0]", pair[0], ndim=2)
+    _checks.check_ndim(f"tail_weights[{i}][1]", pair[1], ndim=2)
+    _checks.check_floating(f"tail_weights[{i}][0]", pair[0])
+    _checks.check_floating(f"tail_weights[{i}][1]", pair[1])
+  d = jnp.shape(tail_weights[0][0])[0]
+  hs = tuple(int(jnp.shape(p)[1]) for p, _ in tail_weights)
+  os_ = tuple(int(jnp.shape(o)[1]) for _, o in tail_weights)
+  for i, (p, o) in enumerate(tail_weights):
+    _checks.check_shape(f"tail_weights[{i}][0]", p, (d, hs[i]), "[D, hsz]")
+    _checks.check_shape(f"tail_weights[{i}][1]", o, (hs[i], os_[i]), "[hsz, osz]")
+  dtypes = {jnp.result_type(w) for pair in tail_weights for w in pair}
+  if len(dtypes) != 1:
+    raise TypeError(f"tail_weights must share one dtype to be packed; got {sorted(map(str, dtypes))}.")
+  sizes = [d * h + h * o for h, o in zip(hs, os_)]
+  owner = _assign_clusters(sizes, num_shards)
+  offsets, rows = [0] * len(sizes), [[] for _ in range(num_shards)]
+  fill = [0] * num_shards
+  for i, (p, o) in enumerate(tail_weights):
+    s = owner[i]
+    offsets[i], fill[s] = fill[s], fill[s] + sizes[i]
+    rows[s] += [jnp.ravel(p), jnp.ravel(o)]
+  length = max(max(fill), 1)
+  dtype = dtypes.pop()
+  buf = jnp.stack([jnp.pad(jnp.concatenate(r) if r else jnp.zeros((0,), dtype),
+                           (0, length - f)) for r, f in zip(rows, fill)])
+  return PackedAdaptiveTails(buf, int(d), hs, os_, owner, tuple(offsets))
+
+
+def unpack_adaptive_tails(packed: PackedAdaptiveTails) -> list[tuple[jax.Array, jax.Array]]:
+  """The inverse of :func:`pack_adaptive_tails`: ``[(proj, out), ...]``."""
+  out = []
+  for i, s in enumerate(packed.owner):
+    sp, so = packed.cluster_slices(i)
+    d, h, o = packed.in_features, packed.hidden_sizes[i], packed.out_sizes[i]
+    out.append((packed.buffer[s, sp].reshape(d, h), packed.buffer[s, so].reshape(h, o)))
+  return out
+
+
+def vocab_parallel_adaptive_log_softmax_with_loss(
+    input: ArrayLike,
+    label: ArrayLike,
+    head_weight: ArrayLike,
+    tail_weights: Sequence[Sequence[ArrayLike]] | PackedAdaptiveTails,
+    cutoffs: Sequence[int],
+    head_bias: ArrayLike | None = None,
+    *,
+    mesh: Mesh,
+    vocab_axis: str = "vocab",
+    data_axis: str | None = None,
+    capacity: int | Sequence[int] | None = None,
+    ignore_index: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  r""":func:`adaptive_log_softmax_with_loss` with the tail clusters sharded over devices.
+
+  Whole tail clusters are owned by the shards of ``vocab_axis``
+  (:func:`pack_adaptive_tails`). Inside ``shard_map`` each shard evaluates
+  ``log_softmax(x @ proj_i @ out_i)[y - c_i]`` for its clusters ``i``, on the
+  rows whose target lies in them (the single-device blockwise kernel, a
+  ``lax.switch`` on the shard index picks the shard's clusters); one ``psum``
+  of the ``[N_local]`` tail log-probabilities combines them. The head
+  (``[D, shortlist + n_clusters]``, small) is replicated and added outside::
+
+    output[n] = log_softmax(x @ W_head + b)[head_idx(y)] + sum_shards tail_lp[n]
+
+  Same ``output``, ``loss`` and gradients as the single-device function.
+
+  Args:
+    input: ``[..., D]``; rows split over ``data_axis`` when given.
+    label: ``[...]`` integer targets in ``[0, n_classes)``.
+    head_weight: ``[D, shortlist + n_clusters]`` (replicated).
+    tail_weights: the list of ``(proj, out)`` pairs (packed here, inside the
+      step: convenient but every device first holds all of them), or a
+      :class:`PackedAdaptiveTails` with ``num_shards`` equal to the size of
+      ``vocab_axis`` whose ``buffer`` is already sharded (the memory-saving way).
+    cutoffs, head_bias, capacity, ignore_index: as in
+      :func:`adaptive_log_softmax_with_loss` (capacity applies per shard to its
+      local rows).
+    mesh: the ``jax.sharding.Mesh``.
+    vocab_axis: mesh axis over which the clusters are distributed.
+    data_axis: optional mesh axis splitting the rows (2-D data x vocab mesh).
+
+  Returns:
+    ``(output [...], loss [])`` as in :func:`adaptive_log_softmax_with_loss`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, jax_bigsoftmax as jbs
+    >>> mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("vocab",))
+    >>> head = jnp.zeros((4, 3)); tails = [(jnp.ones((4, 1)), jnp.zeros((1, 2)))]
+    >>> out, loss = jbs.vocab_parallel_adaptive_log_softmax_with_loss(
+    ...     jnp.ones((2, 4)), jnp.array([0, 3]), head, tails, [2, 4], mesh=mesh)
+    >>> [round(float(o), 4) for o in out], round(float(loss), 4)
+    ([-1.0986, -1.7918], 1.4452)
+
+  References:
+    Grave et al., "Efficient softmax approximation for GPUs", 2016.
+  """
+  _check_mesh_axes(mesh, vocab_axis, data_axis)
+  n_shards = mesh.shape[vocab_axis]
+  if isinstance(tail_weights, PackedAdaptiveTails):
+    if tail_weights.num_shards != n_shards:
+      raise ValueError(f"tail_weights is packed for {tail_weights.num_shards} shards but mesh axis"
+                       f" {vocab_axis!r} has size {n_shards}.")
+    packed = tail_weights
+    dt = packed.buffer.dtype
+    shapes = [(jax.ShapeDtypeStruct((packed.in_features, h), dt),
+               jax.ShapeDtypeStruct((h, o), dt))
+              for h, o in zip(packed.hidden_sizes, packed.out_sizes)]
+  else:
+    shapes, packed = tail_weights, None
+  x, labels, bounds, lead = _adaptive._prepare(input, label, head_weight, shapes, cutoffs,
+                                               head_bias)
+  if packed is None:
+    packed = pack_adaptive_tails(tail_weights, n_shards)
+  _checks.check_labels_in_range(labels, bounds[-1], name="label", ignore_index=ignore_index)
+  n = x.shape[0]
+  if data_axis is not None:
+    _check_divides("input has N =", n, mesh, data_axis)
+  n_local = n // (mesh.shape[data_axis] if data_axis else 1)
+  caps = _adaptive._capacities(capacity, bounds, n_local)
+  head_weight = jnp.asarray(head_weight)
+  head_bias = None if head_bias is None else jnp.asarray(head_bias)
+  head_lp = _adaptive.target_logprob(x, labels, head_weight, [], head_bias, bounds=bounds,
+                                     caps=caps, ignore_index=ignore_index)
+  cdt = _checks.compute_dtype(x, head_weight, packed.buffer)
+  ignored = (jnp.zeros(labels.shape, bool) if ignore_index is None else labels == ignore_index)
+  clean = jnp.where(ignored | (labels < 0) | (labels >= bounds[-1]), -1, labels)
+  clean = clean.astype(jnp.int32)
+
+  def shard_tails(s, x, row, y):
+    acc = make_varying(jnp.zeros(y.shape, cdt), axes)  # a shard may own no cluster
+    for i in (i for i, o in enumerate(packed.owner) if o == s):
+      sp, so = packed.cluster_slices(i)
+      h, o = packed.hidden_sizes[i], packed.out_sizes[i]
+      proj, out = row[sp].reshape(packed.in_features, h), row[so].reshape(h, o)
+      lo, hi = bounds[i], bounds[i + 1]
+      acc = acc + _adaptive._cluster_logprob(caps[i], x, proj, out, y - lo, (y >= lo) & (y < hi))
+    return acc
+
+  axes = tuple(a for a in (data_axis, vocab_axis) if a is not None)
+
+  def local(x, buf, y):
+    # Operands vary over every mesh axis inside; autodiff psums the gradients
+    # of the replicated ones (x over vocab, the tail buffer over data).
+    x, buf, y = make_varying((x, buf, y), axes)
+    branches = [lambda x, r, y, s=s: shard_tails(s, x, r, y) for s in range(n_shards)]
+    tail = lax.switch(lax.axis_index(vocab_axis), branches, x, buf[0], y)
+    return lax.psum(tail, vocab_axis)
+
+  tail_lp = jax.shard_map(local, mesh=mesh,
+                          in_specs=(P(data_axis, None), P(vocab_axis, None), P(data_axis)),
+                          out_specs=P(data_axis))(x, packed.buffer, clean)
+  out = head_lp + tail_lp.astype(head_lp.dtype)
+  if ignore_index is None:
+    loss = -jnp.mean(out)
+  else:
+    loss = -jnp.sum(out) / jnp.sum(labels != ignore_index)
+  return jnp.reshape(out, lead), loss
