@@ -21,7 +21,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-import jax_bigsoftmax as jbs  # noqa: E402
 from examples import common, data, heads  # noqa: E402
 from examples.lm import train as lm_train  # noqa: E402
 from examples.vae import models  # noqa: E402
@@ -91,10 +90,6 @@ HEAD_CASES = [("full", "default"), ("adaptive", "default"), ("hsigmoid", "defaul
               ("hsigmoid", "huffman"), ("sampled", "default")]
 
 
-def _needs(head):
-  name = heads._CLASS_NAMES[head]
-  if not hasattr(jbs, name):
-    pytest.skip(f"jax_bigsoftmax.{name} is not on this branch yet")
 
 
 # ------------------------------------------------------------------ corpus
@@ -138,7 +133,6 @@ def test_eval_batches_cover_every_target_once():
 
 @pytest.mark.parametrize("head,tree", HEAD_CASES)
 def test_lm_smoke_every_head(corpus_dir, tmp_path, head, tree):
-  _needs(head)
   config = tiny_lm(corpus_dir, head=head, hsigmoid_tree=tree)
   out = lm_train.train_and_evaluate(config, str(tmp_path))
   assert math.isfinite(out["valid_ppl"]) and 1.0 < out["valid_ppl"] < 10 * 302
@@ -196,7 +190,6 @@ def test_lm_resume_gives_identical_continuation(corpus_dir, tmp_path):
 
 @pytest.mark.parametrize("head", ["adaptive", "sampled"])
 def test_lm_one_vs_eight_devices(corpus_dir, tmp_path, head):
-  _needs(head)
   assert jax.device_count() == 8
   runs = {n: lm_train.train_and_evaluate(tiny_lm(corpus_dir, head=head, num_devices=n),
                                          str(tmp_path / str(n))) for n in (1, 8)}
@@ -227,10 +220,9 @@ def test_lm_config_errors(corpus_dir, tmp_path):
     lm_train.train_and_evaluate(tiny_lm(corpus_dir, batch_size=6, num_devices=0), str(tmp_path))
   with pytest.raises(ValueError, match="num_devices=9"):
     lm_train.train_and_evaluate(tiny_lm(corpus_dir, num_devices=9), str(tmp_path))
-  if hasattr(jbs, "AdaptiveLogSoftmaxWithLoss"):
-    with pytest.raises(ValueError, match="adaptive_cutoffs"):
-      lm_train.train_and_evaluate(tiny_lm(corpus_dir, head="adaptive", adaptive_cutoffs=(20, 5000)),
-                                  str(tmp_path))
+  with pytest.raises(ValueError, match="adaptive_cutoffs"):
+    lm_train.train_and_evaluate(tiny_lm(corpus_dir, head="adaptive", adaptive_cutoffs=(20, 5000)),
+                                str(tmp_path))
   del c.bogus
   c.lock()
   with pytest.raises(AttributeError):  # a locked ConfigDict (what main.py uses) refuses new keys
@@ -261,7 +253,6 @@ def test_lm_nan_loss_raises(corpus_dir, tmp_path):
 def test_lm_cli(corpus_dir, tmp_path):
   """The README command on the default corpus (tiny overrides) trains and prints perplexity;
   a bad key is refused."""
-  _needs("adaptive")
   base = [sys.executable, "-m", "examples.lm.main", f"--workdir={tmp_path / 'w'}",
           "--config.max_vocab=500", "--config.adaptive_cutoffs=(50,200)",
           "--config.seq_len=8", "--config.batch_size=8",
@@ -287,7 +278,6 @@ def test_lm_cli(corpus_dir, tmp_path):
 
 @pytest.mark.parametrize("head,tree", [("adaptive", "default")])
 def test_vae_smoke(corpus_dir, tmp_path, head, tree):
-  _needs(head)
   config = tiny_vae(corpus_dir, head=head, hsigmoid_tree=tree)
   out = vae_train.train_and_evaluate(config, str(tmp_path))
   assert math.isfinite(out["valid_elbo_ppl"]) and out["valid_elbo_ppl"] > 1.0
