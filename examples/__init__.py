@@ -1,0 +1,1 @@
+"""Example programs using jax_bigsoftmax: a word-level LM trainer and a text VAE."""

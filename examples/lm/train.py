@@ -1,0 +1,192 @@
+"""Word-level language model training: ``train_and_evaluate(config, workdir)``.
+
+Batches are ``batch_size`` windows of ``seq_len + 1`` tokens drawn at random
+positions of the training stream by a generator seeded with ``(seed, step)``,
+so a run resumed from a checkpoint sees exactly the batches it would have seen.
+Validation and test perplexity use consecutive non-overlapping windows of the
+split (each starting from a fresh state) and exact log-probabilities.
+
+Data parallel: one ``("data",)`` mesh over all local devices (or
+``num_devices``); parameters replicated, batches sharded along the batch axis;
+the per-token losses are summed over the global batch and divided by the
+global token count, so 1 and 8 devices give the same loss.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from examples import common, data, heads
+from examples.lm import models
+
+_INT = (int,)
+_FLOAT = (int, float)
+SCHEMA = {
+    **common.BASE_SCHEMA,
+    **heads.SCHEMA,
+    "model": (str, lambda v: v in ("lstm", "transformer"), "'lstm' or 'transformer'"),
+    "seq_len": (_INT, common.positive, "an int > 0"),
+    "emb_dim": (_INT, common.positive, "an int > 0"),
+    "hidden_dim": (_INT, common.positive, "an int > 0"),
+    "num_layers": (_INT, common.positive, "an int > 0"),
+    "num_heads": (_INT, common.positive, "an int > 0"),
+    "mlp_dim": (_INT, common.positive, "an int > 0"),
+    "dropout_rate": (_FLOAT, common.fraction, "a float in [0, 1)"),
+    "eval_max_tokens": (_INT, common.non_negative, "0 (whole split) or an int > 0"),
+}
+
+
+def check_config(config):
+  """Raises ``ValueError``/``TypeError`` for unknown, missing or invalid fields."""
+  common.check_config(config, SCHEMA)
+  if config.model == "transformer" and config.emb_dim % config.num_heads:
+    raise ValueError(f"config.emb_dim={config.emb_dim} must be divisible by "
+                     f"config.num_heads={config.num_heads}")
+
+
+def load_data(config):
+  """``(vocab, {split: int32 stream})`` for the configured corpus."""
+  corpus = data.cached_corpus(config.data_dir)
+  vocab = data.build_vocab(corpus["train"], max_size=config.max_vocab, min_count=config.min_count)
+  streams = {s: data.encode_stream(vocab, corpus[s]) for s in data.SPLITS}
+  for s, stream in streams.items():
+    if len(stream) < 2:
+      raise ValueError(f"the {s} split has {len(stream)} token(s); need at least 2")
+  if len(streams["train"]) <= config.seq_len + 1:
+    raise ValueError(f"the train split has {len(streams['train'])} tokens; need more than "
+                     f"seq_len + 1 = {config.seq_len + 1}")
+  return vocab, streams
+
+
+def train_batch(stream: np.ndarray, step: int, *, batch_size: int, seq_len: int, seed: int):
+  """Random windows of the stream, a pure function of ``(seed, step)``."""
+  rng = np.random.default_rng([seed, step])
+  starts = rng.integers(0, len(stream) - seq_len, size=batch_size)
+  windows = stream[starts[:, None] + np.arange(seq_len + 1)]
+  return {"inputs": windows[:, :-1], "targets": windows[:, 1:],
+          "mask": np.ones((batch_size, seq_len), np.float32)}
+
+
+def eval_batches(stream: np.ndarray, *, batch_size: int, seq_len: int, max_tokens: int = 0):
+  """Consecutive windows covering the first ``max_tokens`` targets (0: all), padded and masked."""
+  n = len(stream) - 1 if not max_tokens else min(max_tokens, len(stream) - 1)
+  num_windows = math.ceil(n / seq_len)
+  num_rows = math.ceil(num_windows / batch_size) * batch_size
+  inputs = np.zeros((num_rows, seq_len), np.int32)
+  targets = np.zeros((num_rows, seq_len), np.int32)
+  mask = np.zeros((num_rows, seq_len), np.float32)
+  for w in range(num_windows):
+    lo, hi = w * seq_len, min((w + 1) * seq_len, n)
+    inputs[w, :hi - lo] = stream[lo:hi]
+    targets[w, :hi - lo] = stream[lo + 1:hi + 1]
+    mask[w, :hi - lo] = 1.0
+  return [{"inputs": inputs[i:i + batch_size], "targets": targets[i:i + batch_size],
+           "mask": mask[i:i + batch_size]} for i in range(0, num_rows, batch_size)]
+
+
+def build(config, vocab):
+  """The model, optimizer and head spec for ``config``."""
+  spec = heads.spec_from_config(config, num_classes=len(vocab), features=config.hidden_dim,
+                                counts=vocab.counts)
+  model = models.LanguageModel(config, spec)
+  return model, common.adam_with_clipping(config), spec
+
+
+def make_steps(model, tx, mesh, seed: int):
+  """Jitted, sharded ``train_step`` and ``eval_step``."""
+  base_key = jax.random.key(seed)
+  repl, shard = common.replicated(mesh), common.data_sharded(mesh)
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(base_key, state["step"])
+    dropout_rng, sampler_rng = jax.random.split(rng)
+
+    def loss_fn(params):
+      nll = model.apply({"params": params}, batch["inputs"], batch["targets"], train=True,
+                        rngs={"dropout": dropout_rng, "sampler": sampler_rng})
+      # Sum over the whole (sharded) global batch, then divide by its token count.
+      return jnp.sum(nll * batch["mask"]) / jnp.sum(batch["mask"])
+
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+                 "opt_state": opt_state}
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+  def eval_step(state, batch):
+    nll = model.apply({"params": state["params"]}, batch["inputs"], batch["targets"], train=False)
+    return jnp.sum(nll * batch["mask"]), jnp.sum(batch["mask"])
+
+  train_step = jax.jit(train_step, in_shardings=(repl, shard), out_shardings=(repl, repl),
+                       donate_argnums=0)
+  eval_step = jax.jit(eval_step, in_shardings=(repl, shard), out_shardings=(repl, repl))
+  return train_step, eval_step
+
+
+def init_state(model, tx, config, mesh):
+  """``{"step", "params", "opt_state"}`` built under ``jit``, replicated on ``mesh``."""
+
+  def init():
+    params = models.init_params(model, jax.random.key(config.seed), 2, config.seq_len)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  return jax.jit(init, out_shardings=common.replicated(mesh))()
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains the configured LM, evaluating, checkpointing and logging into ``workdir``.
+
+  Args:
+    config: an ``ml_collections.ConfigDict`` like ``configs/lm_lstm.py``.
+    workdir: output folder (checkpoints, ``metrics.jsonl``, ``metrics.png``);
+      a run finds its last checkpoint there and resumes from it.
+
+  Returns:
+    ``{"valid_ppl", "test_ppl", "num_params", "records"}``.
+
+  Raises:
+    ValueError / TypeError: bad config; FileNotFoundError: missing data dir;
+    FloatingPointError: the loss became NaN or inf.
+  """
+  check_config(config)
+  mesh = common.make_mesh(config.num_devices)
+  common.check_batch_divisible(config.batch_size, mesh)
+  vocab, streams = load_data(config)
+  model, tx, spec = build(config, vocab)
+  state = init_state(model, tx, config, mesh)
+  num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  if jax.process_index() == 0:
+    print(f"corpus: {len(streams['train']):,} train / {len(streams['valid']):,} valid / "
+          f"{len(streams['test']):,} test tokens, vocabulary {len(vocab):,}; "
+          f"model {config.model} + head {config.head}"
+          f"{'/' + config.hsigmoid_tree if config.head == 'hsigmoid' else ''}: "
+          f"{num_params:,} parameters on {mesh.devices.size} device(s)", flush=True)
+  train_step, eval_step = make_steps(model, tx, mesh, config.seed)
+  batches = {s: eval_batches(streams[s], batch_size=config.batch_size, seq_len=config.seq_len,
+                             max_tokens=config.eval_max_tokens) for s in ("valid", "test")}
+
+  def evaluate(state, split="valid"):
+    nll, count = common.eval_nll_sum(eval_step, state, batches[split], mesh)
+    return {f"{split}_loss": nll / count, f"{split}_ppl": common.perplexity(nll, count)}
+
+  def get_batch(step):
+    return (train_batch(streams["train"], step, batch_size=config.batch_size,
+                        seq_len=config.seq_len, seed=config.seed),
+            config.batch_size * config.seq_len)
+
+  state, records = common.fit(config=config, workdir=workdir, state=state, train_step=train_step,
+                              get_batch=get_batch, evaluate=evaluate, mesh=mesh,
+                              desc=f"lm-{config.model}-{config.head}")
+  test = evaluate(state, "test")
+  valid = [r["valid_ppl"] for r in records if "valid_ppl" in r] or [evaluate(state)["valid_ppl"]]
+  if jax.process_index() == 0:
+    print(f"final: valid_ppl={valid[-1]:.2f} test_ppl={test['test_ppl']:.2f} "
+          f"(metrics: {os.path.join(workdir, 'metrics.jsonl')}, plot: "
+          f"{os.path.join(workdir, 'metrics.png')})", flush=True)
+  return {"valid_ppl": valid[-1], "test_ppl": test["test_ppl"], "num_params": num_params,
+          "records": records, "state": state}

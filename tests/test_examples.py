@@ -1,0 +1,308 @@
+"""Smoke and behaviour tests of the examples: LM trainer (every head), text VAE.
+
+Tiny configs on a tiny synthetic corpus (plus one run on the default
+standard-library corpus), a few steps each. The 8 CPU devices come from
+tests/conftest.py.
+"""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+from examples import common, data, heads  # noqa: E402
+from examples.lm import train as lm_train  # noqa: E402
+from examples.vae import models  # noqa: E402
+from examples.vae import train as vae_train  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Runs of the same tiny program (resume, 1-vs-8, CLI) compile once: a persistent cache."""
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  old = {n: getattr(jax.config, n) for n in names}
+  jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update(names[1], 0.0)
+  jax.config.update(names[2], 0)
+  yield
+  for n, v in old.items():
+    jax.config.update(n, v)
+
+
+def load_config(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+  """A small Zipfian corpus in train.txt / valid.txt / test.txt."""
+  d = tmp_path_factory.mktemp("corpus")
+  rng = np.random.default_rng(0)
+  words = [f"w{i}" for i in range(300)]
+  p = 1.0 / np.arange(1, 301)
+  p /= p.sum()
+  for split, n in (("train", 600), ("valid", 60), ("test", 60)):
+    lines = [" ".join(rng.choice(words, size=rng.integers(3, 12), p=p)) for _ in range(n)]
+    (d / f"{split}.txt").write_text("\n".join(lines) + "\n")
+  return str(d)
+
+
+def tiny_lm(corpus_dir, **overrides):
+  c = load_config("lm_lstm")
+  c.update(dict(data_dir=corpus_dir, max_vocab=0, seq_len=8, batch_size=8, emb_dim=16,
+                hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, adaptive_cutoffs=(20, 100),
+                sampled_num_samples=16, num_train_steps=3, eval_every_steps=3,
+                eval_max_tokens=200, log_every_steps=1, checkpoint_every_steps=2, warmup_steps=1,
+                head="full", num_devices=1))
+  c.update(overrides)
+  return c
+
+
+def tiny_vae(corpus_dir, **overrides):
+  c = load_config("vae")
+  c.update(dict(data_dir=corpus_dir, max_vocab=0, batch_size=8, emb_dim=16, hidden_dim=16,
+                latent_dim=4, max_len=10, adaptive_cutoffs=(20, 100), sampled_num_samples=16,
+                num_train_steps=4, kl_anneal_steps=4, eval_every_steps=4, eval_max_sentences=16,
+                log_every_steps=1, checkpoint_every_steps=4, warmup_steps=1, num_samples=3,
+                head="full", num_devices=1))
+  c.update(overrides)
+  return c
+
+
+HEAD_CASES = [("full", "default"), ("adaptive", "default"), ("hsigmoid", "default"),
+              ("hsigmoid", "huffman"), ("sampled", "default")]
+
+
+
+
+# ------------------------------------------------------------------ corpus
+
+
+def test_default_corpus_is_deterministic_and_frequency_sorted():
+  corpus = data.cached_corpus("")
+  sizes = {s: sum(len(t) + 1 for t in corpus[s]) for s in data.SPLITS}
+  assert sizes["train"] > 1_000_000 and sizes["valid"] > 10_000 and sizes["test"] > 10_000
+  assert sizes["train"] > 10 * sizes["valid"]
+  again = data.load_stdlib_corpus()
+  assert again["valid"][:50] == corpus["valid"][:50] and len(again["test"]) == len(corpus["test"])
+  vocab = data.build_vocab(corpus["train"])
+  assert len(vocab) > 20_000
+  assert np.all(np.diff(vocab.counts) <= 0) and vocab.counts.min() >= 1
+  assert {data.EOS, data.UNK} <= set(vocab.words)
+  assert data.tokenize_python_line("def f(x): return x**2  # sq") == [
+      "def", "f", "(", "x", ")", ":", "return", "x", "*", "*", "2", "#", "sq"]
+
+
+def test_vocab_cap_maps_rare_words_to_unk(corpus_dir):
+  corpus = data.load_corpus(corpus_dir)
+  vocab = data.build_vocab(corpus["train"], max_size=50)
+  assert len(vocab) == 50
+  stream = data.encode_stream(vocab, corpus["train"])
+  assert stream.max() < 50 and np.sum(stream == vocab.unk_id) > 0
+  assert np.sum(stream == vocab.eos_id) == len(corpus["train"])
+
+
+def test_eval_batches_cover_every_target_once():
+  stream = np.arange(50, dtype=np.int32)
+  batches = lm_train.eval_batches(stream, batch_size=4, seq_len=8)
+  targets = np.concatenate([b["targets"][b["mask"] > 0] for b in batches])
+  np.testing.assert_array_equal(targets, np.arange(1, 50))
+  inputs = np.concatenate([b["inputs"][b["mask"] > 0] for b in batches])
+  np.testing.assert_array_equal(inputs, np.arange(0, 49))
+
+
+# --------------------------------------------------------------- LM runs
+
+
+@pytest.mark.parametrize("head,tree", HEAD_CASES)
+def test_lm_smoke_every_head(corpus_dir, tmp_path, head, tree):
+  config = tiny_lm(corpus_dir, head=head, hsigmoid_tree=tree)
+  out = lm_train.train_and_evaluate(config, str(tmp_path))
+  assert math.isfinite(out["valid_ppl"]) and 1.0 < out["valid_ppl"] < 10 * 302
+  assert math.isfinite(out["test_ppl"])
+  records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in records if "train_loss" in r] == [1, 2, 3]
+  assert (tmp_path / "metrics.png").stat().st_size > 1000
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]
+  check_eval_is_exact(config, out["state"]["params"])
+
+
+def check_eval_is_exact(config, params):
+  """The eval NLL equals -log_prob[label]; log_prob is normalised; predict is its arg-max."""
+  vocab, streams = lm_train.load_data(config)
+  model, _, _ = lm_train.build(config, vocab)
+  b = lm_train.train_batch(streams["valid"], 0, batch_size=4, seq_len=8, seed=0)
+  nll, logp, pred = jax.jit(lambda p: (
+      model.apply({"params": p}, b["inputs"], b["targets"], train=False),
+      model.apply({"params": p}, b["inputs"], method=model.log_prob),
+      model.apply({"params": p}, b["inputs"], method=model.predict)))(params)
+  assert logp.shape == (4, 8, len(vocab))
+  np.testing.assert_allclose(jax.nn.logsumexp(logp, -1), 0.0, atol=1e-4)
+  gathered = -jnp.take_along_axis(logp, jnp.asarray(b["targets"])[..., None], -1)[..., 0]
+  np.testing.assert_allclose(nll, gathered, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      np.take_along_axis(np.asarray(logp), np.asarray(pred)[..., None], -1)[..., 0],
+      np.asarray(logp).max(-1), atol=1e-5)
+
+
+def test_lm_transformer_smoke(corpus_dir, tmp_path):
+  config = tiny_lm(corpus_dir, model="transformer", head="full")
+  out = lm_train.train_and_evaluate(config, str(tmp_path))
+  assert math.isfinite(out["valid_ppl"]) and out["valid_ppl"] > 1.0
+
+
+def _params_leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(state["params"])]
+
+
+def test_lm_resume_gives_identical_continuation(corpus_dir, tmp_path):
+  """16 steps straight == 8 steps, stop, resume to 16 (params, losses bit for bit); it learns."""
+  cfg = lambda n: tiny_lm(corpus_dir, num_train_steps=n, checkpoint_every_steps=8,
+                          eval_every_steps=8, learning_rate=1e-2, dropout_rate=0.0)
+  straight = lm_train.train_and_evaluate(cfg(16), str(tmp_path / "a"))
+  lm_train.train_and_evaluate(cfg(8), str(tmp_path / "b"))
+  resumed = lm_train.train_and_evaluate(cfg(16), str(tmp_path / "b"))
+  for x, y in zip(_params_leaves(straight["state"]), _params_leaves(resumed["state"])):
+    np.testing.assert_array_equal(x, y)
+  loss = lambda out: [(r["step"], r["train_loss"]) for r in out["records"] if "train_loss" in r]
+  assert loss(straight) == loss(resumed)
+  assert straight["valid_ppl"] == resumed["valid_ppl"]
+  ppl = [r["valid_ppl"] for r in straight["records"] if "valid_ppl" in r]
+  assert ppl[1] < ppl[0] < 297  # learns: below the uniform perplexity, and improving
+
+
+@pytest.mark.parametrize("head", ["adaptive", "sampled"])
+def test_lm_one_vs_eight_devices(corpus_dir, tmp_path, head):
+  assert jax.device_count() == 8
+  runs = {n: lm_train.train_and_evaluate(tiny_lm(corpus_dir, head=head, num_devices=n),
+                                         str(tmp_path / str(n))) for n in (1, 8)}
+  loss = lambda out: [r["train_loss"] for r in out["records"] if "train_loss" in r]
+  np.testing.assert_allclose(loss(runs[1]), loss(runs[8]), rtol=2e-5)
+  np.testing.assert_allclose(runs[1]["valid_ppl"], runs[8]["valid_ppl"], rtol=2e-5)
+  leaf = jax.tree.leaves(runs[8]["state"]["params"])[0]
+  assert len(leaf.sharding.device_set) == 8
+
+
+# ----------------------------------------------------------------- errors
+
+
+def test_lm_config_errors(corpus_dir, tmp_path):
+  c = tiny_lm(corpus_dir)
+  c.unlock()
+  c.bogus = 1
+  with pytest.raises(ValueError, match="unknown config key.*bogus"):
+    lm_train.train_and_evaluate(c, str(tmp_path))
+  with pytest.raises(ValueError, match="config.head='softmax'"):
+    lm_train.train_and_evaluate(tiny_lm(corpus_dir, head="softmax"), str(tmp_path))
+  with pytest.raises(ValueError, match="dropout_rate=1.5"):
+    lm_train.train_and_evaluate(tiny_lm(corpus_dir, dropout_rate=1.5), str(tmp_path))
+  retyped = ml_collections.ConfigDict({**tiny_lm(corpus_dir).to_dict(), "seq_len": 8.5})
+  with pytest.raises(TypeError, match=r"config.seq_len=8.5 has type float; expected an int"):
+    lm_train.train_and_evaluate(retyped, str(tmp_path))
+  with pytest.raises(ValueError, match="batch_size=6 must be divisible by the number of devices"):
+    lm_train.train_and_evaluate(tiny_lm(corpus_dir, batch_size=6, num_devices=0), str(tmp_path))
+  with pytest.raises(ValueError, match="num_devices=9"):
+    lm_train.train_and_evaluate(tiny_lm(corpus_dir, num_devices=9), str(tmp_path))
+  with pytest.raises(ValueError, match="adaptive_cutoffs"):
+    lm_train.train_and_evaluate(tiny_lm(corpus_dir, head="adaptive", adaptive_cutoffs=(20, 5000)),
+                                str(tmp_path))
+  del c.bogus
+  c.lock()
+  with pytest.raises(AttributeError):  # a locked ConfigDict (what main.py uses) refuses new keys
+    c.bogus = 1
+
+
+def test_lm_data_errors(corpus_dir, tmp_path):
+  with pytest.raises(FileNotFoundError, match="not a directory"):
+    lm_train.train_and_evaluate(tiny_lm(str(tmp_path / "nope")), str(tmp_path / "w"))
+  d = tmp_path / "partial"
+  d.mkdir()
+  (d / "train.txt").write_text("a b c\n")
+  with pytest.raises(FileNotFoundError, match="valid.txt"):
+    lm_train.train_and_evaluate(tiny_lm(str(d)), str(tmp_path / "w"))
+  (d / "valid.txt").write_text("a b\n")
+  (d / "test.txt").write_text("\n  \n")
+  with pytest.raises(ValueError, match="test.txt is empty"):
+    lm_train.train_and_evaluate(tiny_lm(str(d)), str(tmp_path / "w"))
+
+
+def test_lm_nan_loss_raises(corpus_dir, tmp_path):
+  config = tiny_lm(corpus_dir, head="full", learning_rate=1e38, grad_clip_norm=1e38,
+                   num_train_steps=6, warmup_steps=0)
+  with pytest.raises(FloatingPointError, match="loss became"):
+    lm_train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_lm_cli(corpus_dir, tmp_path):
+  """The README command on the default corpus (tiny overrides) trains and prints perplexity;
+  a bad key is refused."""
+  base = [sys.executable, "-m", "examples.lm.main", f"--workdir={tmp_path / 'w'}",
+          "--config.max_vocab=500", "--config.adaptive_cutoffs=(50,200)",
+          "--config.seq_len=8", "--config.batch_size=8",
+          "--config.emb_dim=16", "--config.hidden_dim=16", "--config.num_train_steps=2",
+          "--config.eval_every_steps=2", "--config.eval_max_tokens=64",
+          "--config.num_devices=1"]
+  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
+         "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  ok = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  assert "final: valid_ppl=" in ok.stdout and "tok_s=" in ok.stderr
+  assert "vocabulary 500" in ok.stdout and "head adaptive" in ok.stdout
+  assert os.path.exists(tmp_path / "w" / "metrics.png")
+  bad = subprocess.run(base + ["--config.no_such_field=1"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "no_such_field" in bad.stderr
+
+
+# -------------------------------------------------------------------- VAE
+
+
+@pytest.mark.parametrize("head,tree", [("adaptive", "default")])
+def test_vae_smoke(corpus_dir, tmp_path, head, tree):
+  config = tiny_vae(corpus_dir, head=head, hsigmoid_tree=tree)
+  out = vae_train.train_and_evaluate(config, str(tmp_path))
+  assert math.isfinite(out["valid_elbo_ppl"]) and out["valid_elbo_ppl"] > 1.0
+  weights = [r["kl_weight"] for r in out["records"] if "kl_weight" in r]
+  np.testing.assert_allclose(weights, [0.0, 0.25, 0.5, 0.75])  # linear annealing to 1
+  assert len(out["samples"]) == 3 and all(isinstance(s, str) for s in out["samples"])
+  assert (tmp_path / "samples.txt").read_text().count("\n") == 3
+  assert (tmp_path / "metrics.png").exists()
+  check_vae_terms(config, out["state"]["params"])
+
+
+def check_vae_terms(config, params):
+  """The KL term is KL(N(mu, sigma^2) || N(0, I)) of the encoder; masks end at <eos>."""
+  vocab, arrays = vae_train.load_data(config)
+  spec = heads.spec_from_config(config, num_classes=len(vocab), features=config.hidden_dim,
+                                counts=vocab.counts)
+  model = models.TextVAE(config, spec, vocab.eos_id, vocab.unk_id)
+  b = vae_train.make_batch(arrays["train"][0][:4], arrays["train"][1][:4], vocab.eos_id)
+  key = jax.random.key(0)
+  (_, kl), (mu, logvar) = jax.jit(lambda p: (
+      model.apply({"params": p}, b["tokens"], b["targets"], b["lengths"], train=False,
+                  rngs={"latent": key}),
+      model.apply({"params": p}, b["tokens"], b["lengths"], method=model.encode)))(params)
+  mu, var = np.asarray(mu, np.float64), np.exp(np.asarray(logvar, np.float64))
+  expected = 0.5 * np.sum(var + mu**2 - 1 - np.log(var), -1)
+  np.testing.assert_allclose(kl, expected, rtol=1e-4, atol=1e-6)
+  assert np.all(b["targets"][np.arange(4), b["lengths"]] == vocab.eos_id)
+  np.testing.assert_array_equal(b["mask"].sum(1), b["lengths"] + 1)
