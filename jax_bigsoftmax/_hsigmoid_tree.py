@@ -12,7 +12,6 @@ computed from the class id with shifts (``_default_paths``), as Paddle's
 """
 from __future__ import annotations
 
-import heapq
 
 import jax
 import jax.numpy as jnp

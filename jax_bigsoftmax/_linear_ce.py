@@ -175,6 +175,25 @@ def _check_linear(inputs, weight, bias):
   return d, vocab
 
 
+def check_linear_ce_args(inputs, weight, labels, bias, class_weight, ignore_index, reduction,
+                         label_smoothing):
+  """Validation shared by the linear cross-entropies; returns (D, V, labels, class_weight)."""
+  d, vocab = _check_linear(inputs, weight, bias)
+  _checks.check_integer("labels", labels)
+  _checks.check_batch_match("inputs", jnp.shape(inputs), "labels", jnp.shape(labels))
+  _checks.check_reduction(reduction)
+  _checks.check_label_smoothing(label_smoothing)
+  if _checks.is_traced(label_smoothing):
+    raise TypeError("label_smoothing must be a Python float here, not a traced value.")
+  if class_weight is not None:
+    _checks.check_floating("class_weight", class_weight)
+    _checks.check_shape("class_weight", class_weight, (vocab,), "one weight per class")
+    class_weight = jnp.asarray(class_weight)
+  labels = jnp.asarray(labels)
+  _checks.check_labels_in_range(labels, vocab, name="labels", ignore_index=ignore_index)
+  return d, vocab, labels, class_weight
+
+
 def linear_cross_entropy(
     inputs: ArrayLike,
     weight: ArrayLike,
@@ -223,19 +242,8 @@ def linear_cross_entropy(
     Rabe & Staats 2021 (online softmax in chunks); Wijmans et al. 2024, "Cut
     your losses in large-vocabulary language models".
   """
-  d, vocab = _check_linear(inputs, weight, bias)
-  _checks.check_integer("labels", labels)
-  _checks.check_batch_match("inputs", jnp.shape(inputs), "labels", jnp.shape(labels))
-  _checks.check_reduction(reduction)
-  _checks.check_label_smoothing(label_smoothing)
-  if _checks.is_traced(label_smoothing):
-    raise TypeError("label_smoothing must be a Python float for linear_cross_entropy, not a traced value.")
-  if class_weight is not None:
-    _checks.check_floating("class_weight", class_weight)
-    _checks.check_shape("class_weight", class_weight, (vocab,), "one weight per class")
-    class_weight = jnp.asarray(class_weight)
-  labels = jnp.asarray(labels)
-  _checks.check_labels_in_range(labels, vocab, name="labels", ignore_index=ignore_index)
+  d, vocab, labels, class_weight = check_linear_ce_args(
+      inputs, weight, labels, bias, class_weight, ignore_index, reduction, label_smoothing)
   inputs = jnp.asarray(inputs)
   weight = jnp.asarray(weight)
   bias = None if bias is None else jnp.asarray(bias)

@@ -15,9 +15,8 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 from jax.typing import ArrayLike
 
-from jax_bigsoftmax import _checks
 from jax_bigsoftmax._exact import label_terms, reduce_loss
-from jax_bigsoftmax._linear_ce import (_check_linear, choose_chunk_size, linear_stats,
+from jax_bigsoftmax._linear_ce import (check_linear_ce_args, choose_chunk_size, linear_stats,
                                        smoothed_rows)
 from jax_bigsoftmax._sharding import make_varying
 
@@ -77,22 +76,13 @@ def vocab_parallel_cross_entropy(
   References:
     Shoeybi et al. 2019, "Megatron-LM" (vocab-parallel cross-entropy).
   """
-  d, vocab = _check_linear(inputs, weight, bias)
-  _checks.check_integer("labels", labels)
-  _checks.check_batch_match("inputs", jnp.shape(inputs), "labels", jnp.shape(labels))
-  _checks.check_reduction(reduction)
-  _checks.check_label_smoothing(label_smoothing)
+  d, vocab, labels, class_weight = check_linear_ce_args(
+      inputs, weight, labels, bias, class_weight, ignore_index, reduction, label_smoothing)
   _check_mesh_axes(mesh, vocab_axis, data_axis)
   n_vocab_shards = mesh.shape[vocab_axis]
   if vocab % n_vocab_shards:
     raise ValueError(f"weight has V={vocab} rows, which does not divide by the size of mesh axis"
                      f" {vocab_axis!r} ({n_vocab_shards}).")
-  if class_weight is not None:
-    _checks.check_floating("class_weight", class_weight)
-    _checks.check_shape("class_weight", class_weight, (vocab,), "one weight per class")
-    class_weight = jnp.asarray(class_weight)
-  labels = jnp.asarray(labels)
-  _checks.check_labels_in_range(labels, vocab, name="labels", ignore_index=ignore_index)
   x = jnp.asarray(inputs).reshape(-1, d)
   y = labels.reshape(-1).astype(jnp.int32)
   if data_axis is not None and x.shape[0] % mesh.shape[data_axis]:

@@ -32,8 +32,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from jax.typing import ArrayLike
 
 from jax_bigsoftmax import _adaptive, _checks
-from jax_bigsoftmax._sampled import _check_bool, _check_count, _tf_sampled_loss_from_rows
-from jax_bigsoftmax._sampled_samplers import log_uniform_candidate_sampler
+from jax_bigsoftmax._sampled import _check_count, _tf_sampled_loss_from_rows, prepare_sampled_args
 from jax_bigsoftmax._sharding import make_varying
 from jax_bigsoftmax._vocab_parallel import _check_mesh_axes
 
@@ -110,52 +109,15 @@ def vocab_parallel_sampled_softmax_loss(
     Jean et al. 2014, "On Using Very Large Target Vocabulary for Neural Machine
     Translation"; Shoeybi et al. 2019, "Megatron-LM" (vocab-parallel layers).
   """
-  _check_count("num_sampled", num_sampled)
-  _check_count("num_classes", num_classes, 2)
-  _check_count("num_true", num_true)
-  _check_bool("remove_accidental_hits", remove_accidental_hits)
-  _checks.check_floating("weights", weights)
-  _checks.check_floating("inputs", inputs)
-  _checks.check_integer("labels", labels)
-  _checks.check_ndim("weights", weights, ndim=2)
-  _checks.check_ndim("inputs", inputs, min_ndim=1)
-  vocab, dim = jnp.shape(weights)
-  if jnp.shape(inputs)[-1] != dim:
-    raise ValueError(f"inputs must have shape [..., D] with D = weights.shape[1] = {dim}; got"
-                     f" {jnp.shape(inputs)}.")
-  if num_classes > vocab:
-    raise ValueError(
-        f"num_classes must be <= weights.shape[0] = {vocab}; got num_classes={num_classes}.")
+  vocab, dim, sampled, true_ec, sampled_ec = prepare_sampled_args(
+      weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+      remove_accidental_hits, key)
   lead = tuple(jnp.shape(inputs)[:-1])
-  _checks.check_shape("labels", labels, lead + (num_true,), "[..., num_true]")
-  if biases is not None:
-    _checks.check_floating("biases", biases)
-    _checks.check_shape("biases", biases, (vocab,), "[V]")
   _check_mesh_axes(mesh, vocab_axis, data_axis)
   _check_divides("weights has V =", vocab, mesh, vocab_axis)
   n_rows = int(np.prod(lead, dtype=np.int64))
   if data_axis is not None:
     _check_divides("inputs have N =", n_rows, mesh, data_axis)
-  _checks.check_labels_in_range(labels, num_classes, name="labels")
-
-  if sampled_values is None:
-    if key is None:
-      raise ValueError("key must be a jax.random key when sampled_values is None (the sampler"
-                       " needs randomness); got key=None.")
-    if num_sampled >= num_classes:
-      raise ValueError(f"num_sampled must be < num_classes for unique sampling; got"
-                       f" num_sampled={num_sampled}, num_classes={num_classes}.")
-    sampled_values = log_uniform_candidate_sampler(key, labels, num_true, num_sampled, True,
-                                                   num_classes)
-  if not isinstance(sampled_values, (tuple, list)) or len(sampled_values) != 3:
-    raise ValueError("sampled_values must be a tuple (sampled, true_expected_count,"
-                     f" sampled_expected_count); got {type(sampled_values).__name__}.")
-  sampled, true_ec, sampled_ec = (lax.stop_gradient(jnp.asarray(v)) for v in sampled_values)
-  _checks.check_integer("sampled_values[0]", sampled)
-  _checks.check_shape("sampled_values[0]", sampled, (num_sampled,), "[num_sampled]")
-  _checks.check_shape("sampled_values[1]", true_ec, lead + (num_true,), "labels' shape")
-  _checks.check_shape("sampled_values[2]", sampled_ec, (num_sampled,), "[num_sampled]")
-  _checks.check_labels_in_range(sampled, vocab, name="sampled_values[0]")
 
   x = jnp.asarray(inputs).reshape(-1, dim)
   w = jnp.asarray(weights)
