@@ -45,7 +45,7 @@ def main():
   rounds = 2 if args.quick else args.rounds
   print(f"# bench_hsigmoid: fwd+bwd, N={n}, D={d}, float32, default (SimpleCode) tree")
   print(f"# machine: {common.machine_description()}")
-  print(f"# load average at start: {os.getloadavg()} (machine shared with other jobs)")
+  print(f"# load average at start: {os.getloadavg()}")
   rows, paddle_version = [], None
   for v in vocabs:
     k = jax.random.split(jax.random.key(0), 3)

@@ -132,7 +132,8 @@ def main():
   print(f"# bench_sampled: N={n} D={d} fwd+bwd (mean loss, grads w.r.t. W, b, x), float32")
   print(f"# CPU: {cpu_model()}, {os.cpu_count()} cores; jax {jax.__version__},"
         f" tensorflow {tf_version()}; python {platform.python_version()}")
-  print(f"# rounds={args.rounds}, contenders alternated within each round; medians in seconds")
+  print(f"# rounds={args.rounds}, contenders alternated within each round; medians in seconds;"
+        f" load average at start: {os.getloadavg()}")
   rows = []
   for v in vocabs:
     w, b, x, y = make_data(n, d, v)

@@ -143,7 +143,7 @@ def main():
   print("# bench_vocab_parallel: one fwd+bwd step (loss + grads of inputs and weights), float32")
   print(f"# machine: {common.machine_description()}")
   print("# 8 FAKE CPU devices (--xla_force_host_platform_device_count=8) sharing the cores above;"
-        " other jobs shared the machine while this ran.")
+        f" load average at start: {os.getloadavg()}")
 
   n, d, v, s = (512, 128, 16384, 512) if args.quick else (4096, 1024, 1 << 20, 8192)
   print(f"\n## Compiled memory per device (memory_analysis, abstract inputs): N={n}, D={d},"
