@@ -139,7 +139,7 @@ def bench_one(name, v, cutoffs, n, d, rounds, args):
   need = 3 * n * v * 4 + 2 * d * v * 4  # logits, softmax/grad, W and dW
   avail = mem_available_bytes()
   if avail is not None and need > 0.5 * avail:
-    note = (f"dense skipped: needs ~{need / 2**30:.1f} GiB, only"
+    note = (f"dense skipped: needs ~{need / 2**30:.1f} GiB, more than half of the"
             f" {avail / 2**30:.1f} GiB available")
   elif args.dense_rounds > 0:
     w = jnp.asarray(rng.normal(size=(d, v)).astype(np.float32) / np.sqrt(d))
