@@ -18,7 +18,6 @@ compile and warm-up are excluded; medians over rounds are reported.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jax_bigsoftmax as jbs
+import common  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
+from common import time_jax  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TORCH_PY = os.environ.get("TORCH_PYTHON", "/work/venvs/torch/bin/python")
@@ -57,30 +58,6 @@ def mem_available_bytes():
   return None
 
 
-def time_jax(fn, args, reps):
-  out = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    out.append(time.perf_counter() - t0)
-  return out
-
-
-def machine():
-  cpu = "unknown CPU"
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
-  dev = jax.devices()[0]
-  return (f"{cpu}, {os.cpu_count()} cores visible; {platform.platform()}; "
-          f"jax {jax.__version__} on {dev.platform} ({dev.device_kind})")
-
-
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true", help="small sizes, smoke test")
@@ -94,7 +71,7 @@ def main():
   n, d = (512, 64) if args.quick else (args.n, args.d)
   configs = QUICK if args.quick else CONFIGS
   rounds = 2 if args.quick else args.rounds
-  print("machine:", machine())
+  print("machine:", common.machine_description())
   print(f"N={n} D={d} div_value=4.0 head_bias=False, Zipf(1.0) targets, fwd+bwd,"
         f" {rounds} rounds x {args.reps} steps, medians")
   rows = []

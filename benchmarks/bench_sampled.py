@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 
 import jax
@@ -29,6 +28,8 @@ import numpy as np
 
 import jax_bigsoftmax as jbs
 from jax_bigsoftmax import _sampled
+import common  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
+from common import time_jax  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TF_PY = "/work/venvs/tf/bin/python"
@@ -72,15 +73,6 @@ def dense_step(w, b, x, y):
   return jax.value_and_grad(f, argnums=(0, 1, 2))(w, b, x)
 
 
-def time_jax(fn, args, reps):
-  out = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    out.append(time.perf_counter() - t0)
-  return out
-
-
 class TFWorker:
   def __init__(self, n, d, v, s):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -111,14 +103,6 @@ def tf_version():
     return "unavailable"
 
 
-def cpu_model():
-  with open("/proc/cpuinfo") as f:
-    for line in f:
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  return platform.processor()
-
-
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--quick", action="store_true", help="small sizes for a smoke test")
@@ -130,7 +114,7 @@ def main():
   else:
     n, d, vocabs, samples = 4096, 512, (100_000, 1_000_000), (1024, 8192)
   print(f"# bench_sampled: N={n} D={d} fwd+bwd (mean loss, grads w.r.t. W, b, x), float32")
-  print(f"# CPU: {cpu_model()}, {os.cpu_count()} cores; jax {jax.__version__},"
+  print(f"# machine: {common.machine_description()};"
         f" tensorflow {tf_version()}; python {platform.python_version()}")
   print(f"# rounds={args.rounds}, contenders alternated within each round; medians in seconds;"
         f" load average at start: {os.getloadavg()}")

@@ -61,6 +61,11 @@ def time_call(fn: Callable[[], object]) -> float:
   return time.perf_counter() - t0
 
 
+def time_jax(fn: Callable, args: tuple, reps: int) -> list[float]:
+  """Seconds of ``reps`` calls ``fn(*args)``, each waited for."""
+  return [time_call(lambda: fn(*args)) for _ in range(reps)]
+
+
 def jax_temp_bytes(jitted, *args) -> int | None:
   """XLA's compiled temporary allocation (excludes arguments and outputs)."""
   try:
