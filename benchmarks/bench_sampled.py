@@ -7,8 +7,9 @@ and inputs [N, D], sampling S log-uniform negatives (unique) inside the step.
 Contenders, alternated A B C A B C over rounds (medians reported):
   ours       jit(value_and_grad(sampled_softmax_loss)), dense [V, D] weight
              gradient (what jax.grad returns: a scatter-add into zeros(V, D));
-  ours-rows  same loss differentiated w.r.t. the gathered rows (the
-             equivalent of TF's IndexedSlices gradient; no [V, D] buffer);
+  ours-rows  gather_sampled_rows + sampled_softmax_loss_from_rows, differentiated
+             w.r.t. the gathered rows (the public equivalent of TF's
+             IndexedSlices gradient; no [V, D] buffer);
   tf         tf.function(tf.nn.sampled_softmax_loss) in the TF venv
              (persistent subprocess, its own sampler, IndexedSlices gradient);
   dense      jit(value_and_grad) of the exact full softmax over x @ W^T + b
@@ -27,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import jax_bigsoftmax as jbs
-from jax_bigsoftmax import _sampled
 import common  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
 from common import time_jax  # noqa: E402
 
@@ -56,12 +56,10 @@ def ours_step(s, v):
 def ours_rows_step(s, v):
   @jax.jit
   def step(w, b, x, y, key):
-    sampled, tq, sq = jbs.log_uniform_candidate_sampler(key, y, 1, s, True, v)
-    rows = (jnp.take(w, y, axis=0), jnp.take(b, y), jnp.take(w, sampled, axis=0),
-            jnp.take(b, sampled))
-    f = lambda tw, tb, sw, sb, x: jnp.mean(_sampled._tf_sampled_loss_from_rows(
-        x, tw, tb, sw, sb, y, sampled, tq, sq, True))
-    return jax.value_and_grad(f, argnums=(0, 1, 2, 3, 4))(*rows, x), sampled
+    sv = jbs.log_uniform_candidate_sampler(key, y, 1, s, True, v)
+    rows = jbs.gather_sampled_rows(w, b, y, sv[0])
+    f = lambda rows, x: jnp.mean(jbs.sampled_softmax_loss_from_rows(rows, y, x, sv))
+    return jax.value_and_grad(f, argnums=(0, 1))(rows, x), sv[0]
   return step
 
 

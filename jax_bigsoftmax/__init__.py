@@ -34,8 +34,12 @@ from jax_bigsoftmax._adaptive_head import AdaptiveLogSoftmaxWithLoss
 from jax_bigsoftmax._adaptive_head import ASMOutput
 
 # --- sampled softmax (issue 5) ---
+from jax_bigsoftmax._sampled import SampledRows
+from jax_bigsoftmax._sampled import gather_sampled_rows
 from jax_bigsoftmax._sampled import sampled_softmax_loss
+from jax_bigsoftmax._sampled import sampled_softmax_loss_from_rows
 from jax_bigsoftmax._sampled import sampled_softmax_with_cross_entropy
+from jax_bigsoftmax._sampled import scatter_add_sampled_rows
 from jax_bigsoftmax._sampled_head import SampledSoftmaxLoss
 from jax_bigsoftmax._sampled_samplers import fixed_unigram_candidate_sampler
 from jax_bigsoftmax._sampled_samplers import log_uniform_candidate_sampler
@@ -74,10 +78,14 @@ __all__ = (
     "AdaptiveLogSoftmaxWithLoss",
     "ASMOutput",
     # sampled
+    "SampledRows",
     "SampledSoftmaxLoss",
     "fixed_unigram_candidate_sampler",
+    "gather_sampled_rows",
     "log_uniform_candidate_sampler",
     "sampled_softmax_loss",
+    "sampled_softmax_loss_from_rows",
     "sampled_softmax_with_cross_entropy",
+    "scatter_add_sampled_rows",
     "uniform_candidate_sampler",
 )

@@ -14,6 +14,8 @@ ValueError / checkify error instead).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,6 +157,12 @@ def sampled_softmax_loss(
   last occurrence, and so do we. This is a training loss: at evaluation time use
   the exact loss (``linear_cross_entropy``), as TF's documentation advises.
 
+  ``jax.grad`` with respect to ``weights`` is a dense ``[V, D]`` array (zero
+  outside the gathered rows). For TensorFlow's sparse ``IndexedSlices``
+  gradients, differentiate :func:`sampled_softmax_loss_from_rows` with respect
+  to :func:`gather_sampled_rows` instead and apply them with
+  :func:`scatter_add_sampled_rows`.
+
   Args:
     weights: ``[V, D]`` class embeddings (only gathered rows get gradient).
     biases: ``[V]`` class biases, or None for no bias.
@@ -186,21 +194,216 @@ def sampled_softmax_loss(
   vocab, dim, sampled, true_ec, sampled_ec = prepare_sampled_args(
       weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
       remove_accidental_hits, key)
-  lead = tuple(jnp.shape(inputs)[:-1])
-  x = jnp.asarray(inputs).reshape(-1, dim)
+  lab = jnp.asarray(labels)
+  rows = _gather_rows(jnp.asarray(weights), None if biases is None else jnp.asarray(biases),
+                      lab, sampled)
+  loss = _loss_from_rows(rows, lab, sampled, jnp.asarray(inputs), true_ec, sampled_ec,
+                         remove_accidental_hits)
+  # Labels in [num_classes, V) have a row but are outside the sampler's range.
+  return jnp.where(jnp.any(lab >= num_classes, axis=-1), jnp.nan, loss)
+
+
+class SampledRows(NamedTuple):
+  """The rows of ``weights`` / ``biases`` that one sampled-softmax step touches.
+
+  A pytree of float arrays (differentiate with respect to it): the rows of the
+  ``T`` true classes of every example and of the ``S`` shared samples. Its
+  gradient is the sparse equivalent of TensorFlow's ``IndexedSlices``.
+  """
+
+  true_weights: jax.Array  # [..., T, D]
+  true_biases: jax.Array  # [..., T]
+  sampled_weights: jax.Array  # [S, D]
+  sampled_biases: jax.Array  # [S]
+
+
+def _no_wrap(ids, vocab: int):
+  """Negative ids moved past the end, so they count as out of range instead of wrapping."""
+  return jnp.where(ids < 0, vocab, ids)
+
+
+def _take_rows(table, ids):
+  """``table[ids]``; rows of out-of-range ids are NaN (never a plausible number)."""
+  return jnp.take(table, _no_wrap(ids, table.shape[0]), axis=0, mode="fill", fill_value=jnp.nan)
+
+
+def _gather_rows(weights, biases, labels, sampled) -> SampledRows:
+  b = jnp.zeros(weights.shape[:1], weights.dtype) if biases is None else biases
+  return SampledRows(_take_rows(weights, labels), _take_rows(b, labels),
+                     _take_rows(weights, sampled), _take_rows(b, sampled))
+
+
+def _check_rows_args(weights, biases, labels, sampled) -> None:
+  _checks.check_floating("weights", weights)
+  _checks.check_ndim("weights", weights, ndim=2)
+  vocab = jnp.shape(weights)[0]
+  if biases is not None:
+    _checks.check_floating("biases", biases)
+    _checks.check_shape("biases", biases, (vocab,), "[V]")
+  _checks.check_integer("labels", labels)
+  _checks.check_ndim("labels", labels, min_ndim=1)
+  _checks.check_integer("sampled", sampled)
+  _checks.check_ndim("sampled", sampled, ndim=1)
+  _checks.check_labels_in_range(labels, vocab, name="labels")
+  _checks.check_labels_in_range(sampled, vocab, name="sampled")
+
+
+def gather_sampled_rows(
+    weights: ArrayLike,
+    biases: ArrayLike | None,
+    labels: ArrayLike,
+    sampled: ArrayLike,
+) -> SampledRows:
+  """Gathers the true and sampled rows of ``weights`` and ``biases``.
+
+  With :func:`sampled_softmax_loss_from_rows` and
+  :func:`scatter_add_sampled_rows` this is the sparse-gradient path of sampled
+  softmax (TensorFlow's ``IndexedSlices``): differentiate the loss with respect
+  to the gathered rows (``(N*T + S) x D`` numbers) instead of ``weights``
+  (``V x D``, which ``jax.grad`` would return as a dense array of mostly zeros),
+  then add the scaled row gradients back with a scatter.
+
+  Args:
+    weights: ``[V, D]`` class embeddings.
+    biases: ``[V]`` class biases, or None (zero biases).
+    labels: ``[..., T]`` int true classes.
+    sampled: ``[S]`` int sampled classes (``sampled_values[0]`` of a sampler).
+
+  Returns:
+    :class:`SampledRows` ``(true_weights [..., T, D], true_biases [..., T],
+    sampled_weights [S, D], sampled_biases [S])``. Rows of out-of-range ids are
+    NaN under ``jit`` (concrete ids raise ``ValueError``).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jax_bigsoftmax as jbs
+    >>> w, b = jnp.ones((50, 8)) * 0.1, jnp.zeros((50,))
+    >>> x, y = jnp.ones((4, 8)), jnp.array([[1], [2], [3], [4]])
+    >>> sv = jbs.log_uniform_candidate_sampler(jax.random.key(0), y, 1, 10, True, 50)
+    >>> rows = jbs.gather_sampled_rows(w, b, y, sv[0])
+    >>> loss_fn = lambda r: jbs.sampled_softmax_loss_from_rows(r, y, x, sv).mean()
+    >>> g = jax.grad(loss_fn)(rows)                     # row gradients only
+    >>> w, b = jbs.scatter_add_sampled_rows(w, b, y, sv[0], jax.tree.map(lambda t: -0.1 * t, g))
+    >>> w.shape, g.sampled_weights.shape
+    ((50, 8), (10, 8))
+
+  References:
+    TensorFlow ``nn_impl._compute_sampled_logits`` (``embedding_lookup`` of
+    the true and sampled rows, differentiated as ``IndexedSlices``).
+  """
+  _check_rows_args(weights, biases, labels, sampled)
+  return _gather_rows(jnp.asarray(weights), None if biases is None else jnp.asarray(biases),
+                      jnp.asarray(labels), jnp.asarray(sampled))
+
+
+def scatter_add_sampled_rows(
+    weights: ArrayLike,
+    biases: ArrayLike | None,
+    labels: ArrayLike,
+    sampled: ArrayLike,
+    rows: SampledRows,
+) -> tuple[jax.Array, jax.Array | None]:
+  """Adds ``rows`` into ``weights`` / ``biases`` at the true and sampled ids.
+
+  The inverse of :func:`gather_sampled_rows` for updates: a class that occurs
+  several times (in ``labels`` and/or ``sampled``) receives the sum of its row
+  values, so scattering a row gradient gives exactly the dense gradient that
+  ``jax.grad`` of :func:`sampled_softmax_loss` returns. Scattering ``-lr *``
+  the row gradients is sparse SGD; under ``jit`` with ``weights`` donated the
+  update is in place and costs O((N*T + S) * D), not O(V * D). Out-of-range
+  ids are dropped (concrete ones raise ``ValueError``).
+
+  Args:
+    weights: ``[V, D]``.
+    biases: ``[V]`` or None (then ``rows``' biases are ignored and None is
+      returned).
+    labels: ``[..., T]`` int, as given to :func:`gather_sampled_rows`.
+    sampled: ``[S]`` int, as given to :func:`gather_sampled_rows`.
+    rows: :class:`SampledRows` of matching shapes (e.g. a scaled gradient).
+
+  Returns:
+    ``(weights + scattered rows, biases + scattered biases or None)``.
+  """
+  _check_rows_args(weights, biases, labels, sampled)
+  lead_t = tuple(jnp.shape(labels))
+  dim = jnp.shape(weights)[1]
+  for name, want in (("true_weights", lead_t + (dim,)), ("true_biases", lead_t),
+                     ("sampled_weights", (jnp.shape(sampled)[0], dim)),
+                     ("sampled_biases", jnp.shape(sampled))):
+    _checks.check_shape(f"rows.{name}", getattr(rows, name), want)
   w = jnp.asarray(weights)
-  lab = jnp.asarray(labels).reshape(-1, num_true)
-  bad = jnp.any((lab < 0) | (lab >= num_classes), axis=-1)
-  bad |= jnp.any((sampled < 0) | (sampled >= vocab))
-  lab_c = jnp.clip(lab, 0, vocab - 1)
-  smp_c = jnp.clip(sampled, 0, vocab - 1)
-  b = jnp.zeros((vocab,), w.dtype) if biases is None else jnp.asarray(biases)
+  labels, sampled = (_no_wrap(jnp.asarray(i), w.shape[0]) for i in (labels, sampled))
+  w = w.at[labels].add(rows.true_weights.astype(w.dtype), mode="drop")
+  w = w.at[sampled].add(rows.sampled_weights.astype(w.dtype), mode="drop")
+  if biases is None:
+    return w, None
+  b = jnp.asarray(biases)
+  b = b.at[labels].add(rows.true_biases.astype(b.dtype), mode="drop")
+  b = b.at[sampled].add(rows.sampled_biases.astype(b.dtype), mode="drop")
+  return w, b
+
+
+def _loss_from_rows(rows, labels, sampled, inputs, true_ec, sampled_ec, remove_accidental_hits):
+  """Per-example TF sampled loss ``[...]`` from gathered rows (validated arguments)."""
+  lead, dim, num_true = inputs.shape[:-1], inputs.shape[-1], labels.shape[-1]
   loss = _tf_sampled_loss_from_rows(
-      x, jnp.take(w, lab_c, axis=0), jnp.take(b, lab_c), jnp.take(w, smp_c, axis=0),
-      jnp.take(b, smp_c), lab, sampled, true_ec.reshape(-1, num_true), sampled_ec,
+      inputs.reshape(-1, dim), rows.true_weights.reshape(-1, num_true, dim),
+      rows.true_biases.reshape(-1, num_true), rows.sampled_weights, rows.sampled_biases,
+      labels.reshape(-1, num_true), sampled, true_ec.reshape(-1, num_true), sampled_ec,
       remove_accidental_hits)
-  loss = jnp.where(bad, jnp.nan, loss)
   return loss.reshape(lead)
+
+
+def sampled_softmax_loss_from_rows(
+    rows: SampledRows,
+    labels: ArrayLike,
+    inputs: ArrayLike,
+    sampled_values: tuple[ArrayLike, ArrayLike, ArrayLike],
+    remove_accidental_hits: bool = True,
+) -> jax.Array:
+  """:func:`sampled_softmax_loss` on rows from :func:`gather_sampled_rows`.
+
+  Same numbers as ``sampled_softmax_loss(weights, biases, labels, inputs, S,
+  V, T, sampled_values, remove_accidental_hits)`` when ``rows =
+  gather_sampled_rows(weights, biases, labels, sampled_values[0])``;
+  differentiating with respect to ``rows`` gives the row gradients (see
+  :func:`gather_sampled_rows` for the sparse training step).
+
+  Args:
+    rows: :class:`SampledRows` for these ``labels`` and ``sampled_values[0]``.
+    labels: ``[..., T]`` int true classes (used for accidental hits).
+    inputs: ``[..., D]`` activations.
+    sampled_values: ``(sampled [S], true_expected_count [..., T],
+      sampled_expected_count [S])`` from a ``*_candidate_sampler``.
+    remove_accidental_hits: mask sampled classes equal to one of the targets.
+
+  Returns:
+    ``[...]`` per-example losses (NaN where a gathered row is NaN, i.e. for an
+    out-of-range id).
+  """
+  _check_bool("remove_accidental_hits", remove_accidental_hits)
+  _checks.check_floating("inputs", inputs)
+  _checks.check_ndim("inputs", inputs, min_ndim=1)
+  _checks.check_integer("labels", labels)
+  lead, dim = tuple(jnp.shape(inputs)[:-1]), jnp.shape(inputs)[-1]
+  _checks.check_ndim("labels", labels, ndim=len(lead) + 1)
+  _checks.check_shape("labels", labels, lead + (None,), "[..., num_true] matching inputs")
+  t = jnp.shape(labels)[-1]
+  if not isinstance(rows, SampledRows):
+    raise TypeError(f"rows must be a SampledRows (from gather_sampled_rows); got {type(rows).__name__}.")
+  if not isinstance(sampled_values, (tuple, list)) or len(sampled_values) != 3:
+    raise ValueError("sampled_values must be a tuple (sampled, true_expected_count,"
+                     f" sampled_expected_count); got {type(sampled_values).__name__}.")
+  sampled, true_ec, sampled_ec = (jax.lax.stop_gradient(jnp.asarray(v)) for v in sampled_values)
+  _checks.check_integer("sampled_values[0]", sampled)
+  _checks.check_ndim("sampled_values[0]", sampled, ndim=1)
+  s = sampled.shape[0]
+  _checks.check_shape("sampled_values[1]", true_ec, lead + (t,), "labels' shape")
+  _checks.check_shape("sampled_values[2]", sampled_ec, (s,), "[S]")
+  for name, want in (("true_weights", lead + (t, dim)), ("true_biases", lead + (t,)),
+                     ("sampled_weights", (s, dim)), ("sampled_biases", (s,))):
+    _checks.check_shape(f"rows.{name}", getattr(rows, name), want)
+  return _loss_from_rows(rows, jnp.asarray(labels), sampled, jnp.asarray(inputs), true_ec,
+                         sampled_ec, remove_accidental_hits)
 
 
 def _paddle_tolerable(v: jax.Array) -> jax.Array:

@@ -100,6 +100,79 @@ def test_tf_repeated_candidates_mask_only_last_occurrence():
   assert repeat_hits
 
 
+# ----------------------------------------------------------------------------- row gradients
+
+
+@pytest.mark.parametrize("name", [str(n) for n in TF["cases"]])
+def test_row_gradients_match_tf(name):
+  """Loss from gathered rows, and their gradient scattered back, equal TF's (IndexedSlices)."""
+  c = _tf_case(name)
+  sv = (c["sampled"], c["true_ec"], c["sampled_ec"])
+  with jax.enable_x64(c["inputs"].dtype == np.float64):
+    rtol = 1e-10 if c["inputs"].dtype == np.float64 else 2e-5
+    w, b, x = (jnp.asarray(c[k]) for k in ("weights", "biases", "inputs"))
+    cot = jnp.asarray(c["cot"])
+
+    @jax.jit
+    def step(w, b, x):
+      rows = jbs.gather_sampled_rows(w, b, c["labels"], c["sampled"])
+      f = lambda r, x: jnp.sum(jbs.sampled_softmax_loss_from_rows(
+          r, c["labels"], x, sv, bool(c["remove"])) * cot)
+      (g_rows, gx) = jax.grad(f, argnums=(0, 1))(rows, x)
+      loss = jbs.sampled_softmax_loss_from_rows(rows, c["labels"], x, sv, bool(c["remove"]))
+      dense = jbs.scatter_add_sampled_rows(jnp.zeros_like(w), jnp.zeros_like(b), c["labels"],
+                                           c["sampled"], g_rows)
+      return loss, dense, gx, g_rows
+
+    loss, (gw, gb), gx, g_rows = step(w, b, x)
+    assert g_rows.sampled_weights.shape == (c["sampled"].shape[0], w.shape[1])
+    np.testing.assert_allclose(loss, c["loss"], rtol=rtol, atol=rtol)
+    for got, key in ((gw, "grad_weights"), (gb, "grad_biases"), (gx, "grad_inputs")):
+      np.testing.assert_allclose(got, c[key], rtol=rtol * 10, atol=rtol * 10, err_msg=key)
+
+
+def test_scatter_add_is_sparse_sgd_and_keeps_untouched_rows():
+  rng = np.random.default_rng(3)
+  w = jnp.asarray(rng.normal(size=(40, 6)).astype(np.float32))
+  b = jnp.asarray(rng.normal(size=(40,)).astype(np.float32))
+  y = jnp.array([[1, 2], [2, 7], [5, 1]])
+  sampled = jnp.array([7, 9, 9, 30])  # 7 is also a label; 9 repeats: both accumulate
+  rows = jbs.gather_sampled_rows(w, b, y, sampled)
+  ones = jax.tree.map(jnp.ones_like, rows)
+  w2, b2 = jax.jit(jbs.scatter_add_sampled_rows)(w, b, y, sampled, ones)
+  count = np.bincount(np.concatenate([np.ravel(y), np.asarray(sampled)]), minlength=40)
+  np.testing.assert_allclose(w2 - w, np.repeat(count[:, None], 6, 1), atol=1e-6)
+  np.testing.assert_allclose(b2 - b, count, atol=1e-6)
+  w3, b3 = jbs.scatter_add_sampled_rows(w, None, y, sampled, ones)
+  assert b3 is None
+  np.testing.assert_array_equal(w3, w2)
+
+
+def test_rows_api_nan_and_errors():
+  w, b = jnp.ones((20, 4)), jnp.zeros((20,))
+  x, y = jnp.ones((3, 4)), jnp.array([[1], [2], [3]])
+  sv = jbs.log_uniform_candidate_sampler(jax.random.key(0), y, 1, 5, True, 20)
+
+  @jax.jit
+  def loss(y):
+    rows = jbs.gather_sampled_rows(w, b, y, sv[0])
+    return jbs.sampled_softmax_loss_from_rows(rows, y, x, sv)
+
+  out = np.asarray(loss(jnp.array([[1], [-1], [25]])))
+  assert np.isfinite(out[0]) and np.isnan(out[1:]).all()
+  with pytest.raises(ValueError, match=r"labels must lie in \[0, 20\)"):
+    jbs.gather_sampled_rows(w, b, jnp.array([[1], [20], [3]]), sv[0])
+  rows = jbs.gather_sampled_rows(w, b, y, sv[0])
+  with pytest.raises(ValueError, match="rows.sampled_weights"):
+    jbs.sampled_softmax_loss_from_rows(rows._replace(sampled_weights=jnp.ones((4, 4))), y, x, sv)
+  with pytest.raises(TypeError, match="SampledRows"):
+    jbs.sampled_softmax_loss_from_rows(tuple(rows), y, x, sv)
+  with pytest.raises(ValueError, match="rows.true_biases"):
+    jbs.scatter_add_sampled_rows(w, b, y, sv[0], rows._replace(true_biases=jnp.ones((3,))))
+  with pytest.raises(ValueError, match="sampled must"):
+    jbs.gather_sampled_rows(w, b, y, sv[0][None])
+
+
 # ----------------------------------------------------------------------------- Paddle
 
 
