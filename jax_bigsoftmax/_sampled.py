@@ -58,9 +58,10 @@ def _tf_sampled_loss_from_rows(x_NxD, true_w_NxTxD, true_b_NxT, sampled_w_SxD, s
                                remove_accidental_hits: bool) -> jax.Array:
   """TF's sampled softmax from the gathered rows (the part that is differentiated)."""
   acc = _checks.compute_dtype(x_NxD, true_w_NxTxD)
-  # Row-wise dot products as multiply + sum: XLA:CPU's batched dot_general for
-  # these [1, D] x [D, T] products made the whole backward ~20% slower.
-  true_logits = jnp.sum(x_NxD.astype(acc)[:, None, :] * true_w_NxTxD.astype(acc), axis=-1)
+  # Row-wise dot products as a batched dot. (A multiply + sum, once faster on an
+  # AMD EPYC, made XLA:CPU pick a slow fusion for the whole forward on an Intel
+  # Xeon: fwd+bwd at N=4096, S=1024 took 72 ms there against 57 ms with einsum.)
+  true_logits = jnp.einsum("nd,ntd->nt", x_NxD, true_w_NxTxD, preferred_element_type=acc)
   true_logits = true_logits + true_b_NxT.astype(acc)
   sampled_logits = jnp.dot(x_NxD, sampled_w_SxD.T,
                            preferred_element_type=acc) + sampled_b_S.astype(acc)[None, :]
