@@ -262,10 +262,13 @@ def _cluster_fwd(capacity, x, proj, out, rel, mask):
     acc, lse_acc = carry
     idx, valid = _rows(order, count, start, size)
     xg = jnp.take(x, idx, axis=0, mode="clip")
-    _, z = _tail_logits(xg, proj, out, cdt)
+    h, z = _tail_logits(xg, proj, out, cdt)
     lse = jax.nn.logsumexp(z, axis=-1)
     r = jnp.take(rel, idx, mode="clip")
-    picked = jnp.take_along_axis(z, r[:, None], axis=-1, mode="clip")[:, 0]
+    # The target logit as h . out[:, r]: reading it out of z with a gather made
+    # XLA:CPU fuse the whole block more slowly (this cluster step 35% slower).
+    picked = jnp.einsum("nk,kn->n", h, jnp.take(out, r, axis=1, mode="clip").astype(h.dtype),
+                        preferred_element_type=cdt)
     acc = acc.at[idx].add(jnp.where(valid, picked - lse, 0), mode="drop")
     lse_acc = lse_acc.at[idx].set(lse, mode="drop")
     return acc, lse_acc
@@ -289,11 +292,15 @@ def _cluster_bwd(capacity, res, g):
     lse = jnp.take(lse_n, idx, mode="clip")
     gi = jnp.where(valid, jnp.take(g, idx, mode="clip"), 0)
     r = jnp.clip(jnp.take(rel, idx, mode="clip"), 0, z.shape[1] - 1)
+    # dL/dz = g * (onehot(r) - softmax(z)). The one-hot part is added to the two
+    # products directly (columns r of dout and of out) rather than scattered
+    # into the [rows, osz] block, which XLA:CPU copies first.
     dz = -gi[:, None] * jnp.exp(z - lse[:, None])
-    dz = dz.at[jnp.arange(size), r].add(gi)
     op = h.dtype
     dout = dout + jnp.dot(h.T, dz.astype(op), preferred_element_type=cdt)
+    dout = dout.at[:, r].add((gi[:, None] * h.astype(cdt)).T)
     dh = jnp.dot(dz.astype(op), out.astype(op).T, preferred_element_type=cdt)
+    dh = dh + gi[:, None] * jnp.take(out, r, axis=1).T.astype(cdt)
     dproj = dproj + jnp.dot(xg.T, dh.astype(op), preferred_element_type=cdt)
     dxg = jnp.dot(dh.astype(op), proj.astype(op).T, preferred_element_type=cdt)
     dx = dx.at[idx].add(dxg, mode="drop")
