@@ -1,6 +1,8 @@
 """Candidate samplers: distinctness, distributions, expected counts vs empirical rates."""
 import jax
 import jax.numpy as jnp
+import hypothesis
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 
@@ -147,3 +149,37 @@ def test_sampler_errors():
         jnp.ones(2))
   with pytest.raises(TypeError, match="true_classes must be an integer"):
     jbs.log_uniform_candidate_sampler(k, tc.astype(jnp.float32), 1, 5, True, 10)
+
+
+_SAMPLERS = {
+    "log_uniform": lambda key, y, s, unique, v: jbs.log_uniform_candidate_sampler(
+        key, y, 1, s, unique, v),
+    "uniform": lambda key, y, s, unique, v: jbs.uniform_candidate_sampler(key, y, 1, s, unique, v),
+    "unigram": lambda key, y, s, unique, v: jbs.fixed_unigram_candidate_sampler(
+        key, y, 1, s, unique, v, unigrams=np.arange(1, v + 1) ** -1.1, distortion=0.75),
+}
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(
+    name=st.sampled_from(sorted(_SAMPLERS)), v=st.integers(2, 300), frac=st.floats(0.0, 1.0),
+    unique=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_sampler_properties(name, v, frac, unique, seed):
+  """Any sampler, range and S: ids in range, distinct when unique, valid expected counts."""
+  s = 1 + int(frac * (v - 2)) if unique else 1 + int(frac * 2 * v)
+  y = jnp.asarray(np.random.default_rng(seed).integers(0, v, size=(5, 1)))
+  sampled, true_ec, sampled_ec = (np.asarray(a) for a in _SAMPLERS[name](
+      jax.random.key(seed), y, s, unique, v))
+  assert sampled.shape == (s,) and true_ec.shape == (5, 1) and sampled_ec.shape == (s,)
+  assert sampled.min() >= 0 and sampled.max() < v
+  assert np.all(np.isfinite(true_ec)) and np.all(true_ec > 0)
+  assert np.all(sampled_ec > 0)
+  if unique:
+    assert len(set(sampled.tolist())) == s
+    # Inclusion probabilities: at most 1 each, and S in total over the whole range.
+    assert np.all(sampled_ec <= 1 + 1e-6) and np.all(true_ec <= 1 + 1e-6)
+  else:
+    # With replacement the expected count of class k is S * P(k): the same class has
+    # the same count wherever it appears.
+    for k in np.unique(sampled):
+      assert np.ptp(sampled_ec[sampled == k]) <= 1e-6 * max(1.0, sampled_ec[sampled == k][0])
