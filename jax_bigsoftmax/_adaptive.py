@@ -353,7 +353,8 @@ def target_logprob(x, labels, head_weight, tail_weights, head_bias, *, bounds, c
   head_idx = jnp.clip(head_idx, 0, logits.shape[1] - 1)
   picked = jnp.take_along_axis(logits, head_idx[:, None], axis=-1)[:, 0]
   result = picked - jax.nn.logsumexp(logits, axis=-1)
-  for i, (proj, out) in enumerate(tail_weights):
+  # An empty batch (static) has no rows to gather: its tails cost nothing.
+  for i, (proj, out) in enumerate(tail_weights if x.shape[0] else ()):
     lo, hi = bounds[i], bounds[i + 1]
     mask = (labels >= lo) & (labels < hi)
     result = result + _cluster_logprob(
@@ -558,7 +559,7 @@ def _predict(x, head_weight, tails, head_bias, *, bounds, cap):
   cdt = _checks.compute_dtype(x, head_weight, *[w for p in tails for w in p])
   logits = _head_logits(x, head_weight, head_bias, cdt)
   first = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  if not tails:
+  if not tails or x.shape[0] == 0:
     return first
   head_lp = jax.nn.log_softmax(logits, axis=-1)
   order, count = _gather_order(first >= sl, cap)

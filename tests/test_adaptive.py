@@ -269,6 +269,19 @@ def test_head_only_and_single_example():
   np.testing.assert_allclose(o0, _naive(x, y, head, tails, bounds, b)[0], rtol=1e-5)
 
 
+
+def test_empty_batch_like_torch():
+  """N=0: output [] and loss NaN (torch's mean of nothing), log_prob [0, V], predict [0]."""
+  _, _, head, tails, bounds, b = _random_setup(n=1)
+  x, y = jnp.zeros((0, head.shape[0])), jnp.zeros((0,), jnp.int32)
+  out, loss = jax.jit(lambda x: jbs.adaptive_log_softmax_with_loss(x, y, head, tails, bounds, b))(x)
+  assert out.shape == (0,) and np.isnan(loss)
+  assert jbs.adaptive_log_prob(x, head, tails, bounds, b).shape == (0, bounds[-1])
+  assert jbs.adaptive_predict(x, head, tails, bounds, b).shape == (0,)
+  g = jax.grad(lambda t: jnp.sum(jbs.adaptive_log_softmax_with_loss(x, y, head, t, bounds, b)[0]))(
+      tails)
+  assert all(float(jnp.abs(a).sum()) == 0 for a in jax.tree.leaves(g))
+
 # ----------------------------------------------------------------------------
 # Transforms.
 # ----------------------------------------------------------------------------
