@@ -24,8 +24,10 @@ from jax_bigsoftmax import _checks
 from jax_bigsoftmax._exact import label_terms, reduce_loss
 from jax_bigsoftmax._sharding import varying_like as _varying_like
 
-# Default chunk: about 2**24 logits (64 MiB in float32) per chunk.
-_CHUNK_ELEMENTS = 1 << 24
+# Default chunk: about 2**21 logits (8 MiB in float32) per chunk, at least 128
+# columns. Cache-sized chunks were faster than 64 MiB ones: 21% faster steps for
+# the example LM's full head (N=1024, D=128, V=48,752), the same at N=4096, D=512.
+_CHUNK_ELEMENTS = 1 << 21
 
 
 def choose_chunk_size(num_rows: int, vocab: int, chunk_size: int | None) -> int:
@@ -225,7 +227,7 @@ def linear_cross_entropy(
     ignore_index: label value that contributes 0 and is excluded from the mean.
     reduction: ``"mean" | "sum" | "none"``.
     label_smoothing: ``eps`` in ``[0, 1]``, a Python float (static).
-    chunk_size: vocabulary rows per chunk; default keeps about 2**24 logits
+    chunk_size: vocabulary rows per chunk; default keeps about 2**21 logits
       per chunk. Need not divide V.
 
   Returns:
