@@ -4,6 +4,8 @@ Commands, one per line:
   setup <data.npz>   build nn.AdaptiveLogSoftmaxWithLoss for the sizes in the
                      file (x, y, cutoffs, n_classes, div_value), warm up
   time <reps>        time <reps> fwd+bwd steps; prints a JSON list of seconds
+  head <reps>        the same for the head alone (m.head + log_softmax + the
+                     head target's log-probability), for the breakdown
   quit
 """
 import json
@@ -15,7 +17,7 @@ import torch
 
 
 def main():
-  m = x = y = None
+  m = x = y = head_idx = None
   for line in sys.stdin:
     cmd, *args = line.split()
     if cmd == "setup":
@@ -26,15 +28,20 @@ def main():
           div_value=float(d["div_value"]))
       x = torch.tensor(d["x"], requires_grad=True)
       y = torch.tensor(d["y"])
+      head_idx = None
       for _ in range(2):
         step(m, x, y)
       print(json.dumps({"ready": True, "threads": torch.get_num_threads(),
                         "version": torch.__version__}), flush=True)
-    elif cmd == "time":
+    elif cmd in ("time", "head"):
+      fn = step if cmd == "time" else head_step
+      if cmd == "head" and head_idx is None:
+        head_idx = head_targets(m, y)
+        fn(m, x, head_idx)
       times = []
       for _ in range(int(args[0])):
         t0 = time.perf_counter()
-        step(m, x, y)
+        fn(m, x, y if cmd == "time" else head_idx)
         times.append(time.perf_counter() - t0)
       print(json.dumps(times), flush=True)
     elif cmd == "quit":
@@ -45,6 +52,21 @@ def step(m, x, y):
   m.zero_grad(set_to_none=True)
   x.grad = None
   loss = m(x, y).loss
+  loss.backward()
+  return loss.item()
+
+
+def head_targets(m, y):
+  """The head column of each target: itself in the shortlist, else its cluster token."""
+  cluster = torch.bucketize(y, torch.tensor(m.cutoffs), right=True)
+  return torch.where(y < m.shortlist_size, y, m.shortlist_size + cluster - 1)
+
+
+def head_step(m, x, head_idx):
+  m.zero_grad(set_to_none=True)
+  x.grad = None
+  lp = torch.log_softmax(m.head(x), dim=1)
+  loss = -lp.gather(1, head_idx[:, None]).mean()
   loss.backward()
   return loss.item()
 

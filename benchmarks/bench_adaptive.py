@@ -14,6 +14,9 @@ Contenders:
          (skipped with the reason printed when its logits would not fit)
 Rounds alternate ours / torch / dense with a 1 s pause between contenders;
 compile and warm-up are excluded; medians over rounds are reported.
+Breakdown: each round also times the head alone (the [D, shortlist + clusters]
+GEMM, its log-softmax and the head target's log-probability, fwd+bwd) in both
+frameworks; "tails" = full step - head.
 """
 import argparse
 import json
@@ -80,11 +83,21 @@ def main():
   print()
   print("| config | ours (ms) | torch (ms) | dense (ms) | torch / ours | dense / ours |")
   print("|---|---|---|---|---|---|")
+  f = lambda t: "skipped" if t is None else f"{t * 1e3:.1f}"
   for r in rows:
-    f = lambda t: "skipped" if t is None else f"{t * 1e3:.1f}"
     ratio = lambda t: "-" if t is None else f"{t / r['ours']:.2f}x"
     print(f"| {r['name']} | {f(r['ours'])} | {f(r['torch'])} | {f(r['dense'])} |"
           f" {ratio(r['torch'])} | {ratio(r['dense'])} |")
+  print()
+  print("| config | ours head (ms) | torch head (ms) | ours tails (ms) | torch tails (ms) |"
+        " torch total / 1.5 (ms) |")
+  print("|---|---|---|---|---|---|")
+  for r in rows:
+    if r["head"] is None or r["torch"] is None or r["torch_head"] is None:
+      continue
+    print(f"| {r['name']} | {f(r['head'])} | {f(r['torch_head'])} |"
+          f" {f(r['ours'] - r['head'])} | {f(r['torch'] - r['torch_head'])} |"
+          f" {f(r['torch'] / 1.5)} |")
   for r in rows:
     if r.get("note"):
       print(f"note ({r['name']}): {r['note']}")
@@ -110,6 +123,19 @@ def bench_one(name, v, cutoffs, n, d, rounds, args):
   xj, yj = jnp.asarray(x), jnp.asarray(y)
   jax.block_until_ready(ours(params, xj, yj))
   jax.block_until_ready(ours(params, xj, yj))
+
+  # The head alone: the same function with no tail clusters, targets = head columns.
+  head_cols = cutoffs[0] + len(cutoffs)
+  head_idx = jnp.asarray(np.where(
+      y < cutoffs[0], y, cutoffs[0] + np.searchsorted(bounds, y, side="right") - 1), jnp.int32)
+
+  @jax.jit
+  def ours_head(w, x):
+    return jax.value_and_grad(lambda w, x: jbs.adaptive_log_softmax_with_loss(
+        x, head_idx, w, [], [head_cols])[1], argnums=(0, 1))(w, x)
+
+  head_w = params["params"]["head_weight"]
+  jax.block_until_ready(ours_head(head_w, xj))
 
   dense = None
   note = ""
@@ -144,14 +170,16 @@ def bench_one(name, v, cutoffs, n, d, rounds, args):
     info = json.loads(worker.stdout.readline())
     print(f"torch {info['version']} with {info['threads']} threads")
 
-  t = {"ours": [], "torch": [], "dense": []}
+  t = {"ours": [], "torch": [], "dense": [], "head": [], "torch_head": []}
   for r in range(rounds):
     t["ours"] += time_jax(ours, (params, xj, yj), args.reps)
+    t["head"] += time_jax(ours_head, (head_w, xj), args.reps)
     if worker is not None:
-      time.sleep(1.0)
-      worker.stdin.write(f"time {args.reps}\n")
-      worker.stdin.flush()
-      t["torch"] += json.loads(worker.stdout.readline())
+      for cmd, key in (("time", "torch"), ("head", "torch_head")):
+        time.sleep(1.0)
+        worker.stdin.write(f"{cmd} {args.reps}\n")
+        worker.stdin.flush()
+        t[key] += json.loads(worker.stdout.readline())
     if dense is not None and r < args.dense_rounds:
       time.sleep(1.0)
       t["dense"] += time_jax(dense, (w, xj, yj), 1)
