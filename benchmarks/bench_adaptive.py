@@ -157,39 +157,49 @@ def bench_one(name, v, cutoffs, n, d, rounds, args):
 
     jax.block_until_ready(dense(w, xj, yj))
 
-  worker = None
+  # Two torch workers: full steps, and the head alone. Separate processes, so the
+  # head-only runs cannot change the allocator state the full steps see.
+  workers = {}
   if not args.no_torch:
     tmp = tempfile.NamedTemporaryFile(suffix=".npz", delete=False)
     np.savez(tmp, x=x, y=y, cutoffs=np.array(cutoffs), n_classes=v, div_value=4.0)
     tmp.close()
-    worker = subprocess.Popen(
-        [TORCH_PY, os.path.join(HERE, "_adaptive_torch_worker.py")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    worker.stdin.write(f"setup {tmp.name}\n")
-    worker.stdin.flush()
-    info = json.loads(worker.stdout.readline())
+    for key in ("torch", "torch_head"):
+      workers[key] = subprocess.Popen(
+          [TORCH_PY, os.path.join(HERE, "_adaptive_torch_worker.py")],
+          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+      workers[key].stdin.write(f"setup {tmp.name}\n")
+      workers[key].stdin.flush()
+      info = json.loads(workers[key].stdout.readline())
     print(f"torch {info['version']} with {info['threads']} threads")
+
+  def torch_times(key, cmd):
+    workers[key].stdin.write(f"{cmd} {args.reps}\n")
+    workers[key].stdin.flush()
+    return json.loads(workers[key].stdout.readline())
 
   t = {"ours": [], "torch": [], "dense": [], "head": [], "torch_head": []}
   for r in range(rounds):
     t["ours"] += time_jax(ours, (params, xj, yj), args.reps)
+    if workers:
+      time.sleep(1.0)
+      t["torch"] += torch_times("torch", "time")
+      time.sleep(1.0)
     t["head"] += time_jax(ours_head, (head_w, xj), args.reps)
-    if worker is not None:
-      for cmd, key in (("time", "torch"), ("head", "torch_head")):
-        time.sleep(1.0)
-        worker.stdin.write(f"{cmd} {args.reps}\n")
-        worker.stdin.flush()
-        t[key] += json.loads(worker.stdout.readline())
+    if workers:
+      time.sleep(1.0)
+      t["torch_head"] += torch_times("torch_head", "head")
     if dense is not None and r < args.dense_rounds:
       time.sleep(1.0)
       t["dense"] += time_jax(dense, (w, xj, yj), 1)
     time.sleep(1.0)
     print(f"round {r}: " + ", ".join(
         f"{k} {np.median(v) * 1e3:.1f} ms" for k, v in t.items() if v))
-  if worker is not None:
-    worker.stdin.write("quit\n")
-    worker.stdin.flush()
-    worker.wait()
+  for proc in workers.values():
+    proc.stdin.write("quit\n")
+    proc.stdin.flush()
+    proc.wait()
+  if workers:
     os.unlink(tmp.name)
   med = {k: (float(np.median(v)) if v else None) for k, v in t.items()}
   return {"name": name, **med, "note": note}
