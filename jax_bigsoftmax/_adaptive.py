@@ -16,15 +16,13 @@ out [hsz_i, osz_i])``.
 Static shapes under ``jit``: a tail cluster is only evaluated on the rows whose
 target falls in it. Those rows are gathered (their indices sorted to the front
 with ``jnp.nonzero(size=...)``) and processed in blocks by a few
-``while_loop`` levels: blocks of ``capacity`` rows, then of ``capacity/2``,
-``capacity/4``, ... (>= 16 rows) for the remainder, so a cluster with ``k``
-targets costs ``k`` rows plus at most half a block of padding, a cluster with
-no target costs a few scalar compares, and an overflowing cluster simply runs
-more blocks: results are exact for every batch. Within a block the cluster's
-vocabulary is walked in chunks with an online log-sum-exp (the kernels of
-``linear_cross_entropy``), and the backward pass is a ``custom_vjp`` that walks
-the same blocks and chunks (recomputing the tail logits), so a block's logits
-never exceed about 8 MiB, however wide the cluster.
+``while_loop`` levels: blocks of ``capacity`` rows, then of ``capacity/8``,
+``capacity/64``, ... (>= 16 rows) for the remainder, so a cluster with ``k``
+targets costs ``k`` rows plus less than one smallest block of padding, a cluster
+with no target costs a few scalar compares, and an overflowing cluster simply
+runs more blocks: results are exact for every batch. The backward pass is a ``custom_vjp`` that
+walks the same blocks (recomputing the tail logits), so memory stays
+``O(capacity * osz)`` per cluster.
 """
 from __future__ import annotations
 
@@ -38,24 +36,14 @@ import numpy as np
 from jax import lax
 
 from jax_bigsoftmax import _checks
-from jax_bigsoftmax._linear_ce import backward_chunks, choose_chunk_size, forward_stats
 from jax_bigsoftmax._sharding import varying_like as _varying_like
 
 _MIN_BLOCK = 16
-_LEVEL_FACTOR = 2
-# A level runs one more (padded) block when its remainder fills >= 1/2 of one
-# (see _run_blocks): per-block costs (re-reading the cluster's weights and
-# accumulating its gradient) are comparable to half a block of padding.
-# Loss: rows per block. Each block walks the cluster's vocabulary in chunks of
-# about 2**21 / rows columns (linear_cross_entropy's kernels), so its logits stay
-# within 8 MiB however wide the cluster; bigger blocks make bigger, faster GEMMs
-# (a [512 rows, 207,735] cluster alone: 64-row blocks 404 ms, 512-row blocks
-# 285 ms; full-width 128-row blocks, the earlier default, 400 ms). In a whole
-# training step the gain is smaller (XLA overlaps tail work with the head):
-# -1.5% at V=267,735, +3% at V=100k, with 10-25% less temporary memory.
-_DEFAULT_CAPACITY = 512
-# predict: the largest power of two with one block's [rows, n_classes] float32
-# logits <= 8 MiB, but at least 128 rows.
+_LEVEL_FACTOR = 8
+# Default capacity: the largest power of two with one block's [rows, osz] float32
+# logits <= 8 MiB (cache-sized blocks measured fastest on CPU: 18% faster steps
+# than 128 MiB blocks at V=100k), but at least 128 rows so a very wide cluster
+# does not re-accumulate its [hsz, osz] gradient once per handful of rows.
 _BLOCK_BUDGET = 1 << 21
 _MIN_DEFAULT_CAPACITY = 128
 
@@ -156,7 +144,7 @@ def _check_params(
 def _capacities(capacity: Any, bounds: tuple[int, ...], n: int) -> tuple[int, ...]:
   n_tail = len(bounds) - 1
   if capacity is None:
-    return (min(_DEFAULT_CAPACITY, _next_pow2(max(n, 1))),) * n_tail
+    return tuple(_default_capacity(bounds[i + 1] - bounds[i], n) for i in range(n_tail))
   if isinstance(capacity, (int, np.integer)) and not isinstance(capacity, bool):
     capacity = [capacity] * n_tail
   caps = _as_int_list("capacity", capacity)
@@ -204,7 +192,7 @@ def _prepare(input, label, head_weight, tail_weights, cutoffs, head_bias):
 
 
 def _block_sizes(capacity: int) -> tuple[int, ...]:
-  """``capacity, capacity/2, capacity/4, ...`` down to at least 16 rows."""
+  """``capacity, capacity/8, capacity/64, ...`` down to at least 16 rows."""
   sizes = [capacity]
   while sizes[-1] // _LEVEL_FACTOR >= _MIN_BLOCK:
     sizes.append(sizes[-1] // _LEVEL_FACTOR)
@@ -215,17 +203,15 @@ def _run_blocks(body, carry, count, capacity: int):
   """Calls ``carry = body(carry, start, size)`` over blocks covering ``count``.
 
   Level ``k`` runs ``floor(left / size_k)`` blocks of ``size_k`` rows in a
-  ``while_loop``, plus one padded block when the remainder fills at least half
-  of one (the last level always rounds up), with sizes ``capacity,
-  capacity/2, ...`` (>= 16): fewer, bigger blocks, padding at most half a
-  block, and one loop body per level.
+  ``while_loop`` (the last level rounds up), with sizes ``capacity,
+  capacity/8, ...`` (>= 16): the padding is less than the smallest size and
+  only a handful of loop bodies are compiled.
   """
   sizes = _block_sizes(capacity)
   pos = jnp.zeros_like(count)
   for k, size in enumerate(sizes):
-    left = count - pos  # <= 0 once a level has rounded up: no more blocks
-    fill = 1 if k == len(sizes) - 1 else size // 2
-    n_blocks = left // size + (left % size >= fill).astype(left.dtype)
+    left = count - pos
+    n_blocks = (left + size - 1) // size if k == len(sizes) - 1 else left // size
 
     def loop_body(state, size=size):
       b, start, c = state
@@ -250,17 +236,6 @@ def _gather_order(mask, capacity: int):
   return order.astype(jnp.int32), jnp.sum(mask, dtype=jnp.int32)
 
 
-def _tail_hidden(x, idx, proj, cdt, op):
-  """``x[idx] @ proj`` in the operand dtype (rows of ``idx`` past the end are clipped)."""
-  xg = jnp.take(x, idx, axis=0, mode="clip")
-  return jnp.dot(xg, proj, preferred_element_type=cdt).astype(op)
-
-
-def _chunk(rows: int, out_t) -> int:
-  """Vocabulary chunk of a block of ``rows`` rows (``linear_cross_entropy``'s default)."""
-  return choose_chunk_size(rows, out_t.shape[0], None)
-
-
 def _tail_logits(xg, proj, out, cdt):
   op = jnp.result_type(xg, proj, out)
   h = jnp.dot(xg, proj, preferred_element_type=cdt).astype(op)
@@ -281,16 +256,19 @@ def _cluster_logprob(capacity, x, proj, out, rel, mask):
 def _cluster_fwd(capacity, x, proj, out, rel, mask):
   n = x.shape[0]
   cdt = _checks.compute_dtype(x, proj, out)
-  op = jnp.result_type(x, proj, out)
-  out_t = out.astype(op).T  # [osz, hsz]: the chunked kernels take [V, D] rows
   order, count = _gather_order(mask, capacity)
 
   def body(carry, start, size):
     acc, lse_acc = carry
     idx, valid = _rows(order, count, start, size)
-    h = _tail_hidden(x, idx, proj, cdt, op)
+    xg = jnp.take(x, idx, axis=0, mode="clip")
+    h, z = _tail_logits(xg, proj, out, cdt)
+    lse = jax.nn.logsumexp(z, axis=-1)
     r = jnp.take(rel, idx, mode="clip")
-    lse, picked, _ = forward_stats(h, out_t, None, r, None, _chunk(size, out_t), False)
+    # The target logit as h . out[:, r]: reading it out of z with a gather made
+    # XLA:CPU fuse the whole block more slowly (this cluster step 35% slower).
+    picked = jnp.einsum("nk,kn->n", h, jnp.take(out, r, axis=1, mode="clip").astype(h.dtype),
+                        preferred_element_type=cdt)
     acc = acc.at[idx].add(jnp.where(valid, picked - lse, 0), mode="drop")
     lse_acc = lse_acc.at[idx].set(lse, mode="drop")
     return acc, lse_acc
@@ -304,35 +282,38 @@ def _cluster_fwd(capacity, x, proj, out, rel, mask):
 def _cluster_bwd(capacity, res, g):
   x, proj, out, rel, mask, order, count, lse_n = res
   cdt = _checks.compute_dtype(x, proj, out)
-  op = jnp.result_type(x, proj, out)
-  out_t = out.astype(op).T
   g = g.astype(cdt)
 
   def body(carry, start, size):
-    dx, dproj, dout_t = carry
+    dx, dproj, dout = carry
     idx, valid = _rows(order, count, start, size)
     xg = jnp.take(x, idx, axis=0, mode="clip")
-    h = _tail_hidden(x, idx, proj, cdt, op)
+    h, z = _tail_logits(xg, proj, out, cdt)
     lse = jnp.take(lse_n, idx, mode="clip")
     gi = jnp.where(valid, jnp.take(g, idx, mode="clip"), 0)
-    r = jnp.take(rel, idx, mode="clip")
-    # output = z[r] - lse: cotangents -g for lse and +g for the target logit.
-    init = (jnp.zeros(h.shape, cdt), dout_t, None)
-    dh, dout_t, _ = backward_chunks(_chunk(size, out_t), False, h, out_t, None, r, None, lse,
-                                    (-gi, gi, jnp.zeros_like(gi)), init)
+    r = jnp.clip(jnp.take(rel, idx, mode="clip"), 0, z.shape[1] - 1)
+    # dL/dz = g * (onehot(r) - softmax(z)). The one-hot part is added to the two
+    # products directly (columns r of dout and of out) rather than scattered
+    # into the [rows, osz] block, which XLA:CPU copies first.
+    dz = -gi[:, None] * jnp.exp(z - lse[:, None])
+    op = h.dtype
+    dout = dout + jnp.dot(h.T, dz.astype(op), preferred_element_type=cdt)
+    dout = dout.at[:, r].add((gi[:, None] * h.astype(cdt)).T)
+    dh = jnp.dot(dz.astype(op), out.astype(op).T, preferred_element_type=cdt)
+    dh = dh + gi[:, None] * jnp.take(out, r, axis=1).T.astype(cdt)
     dproj = dproj + jnp.dot(xg.T, dh.astype(op), preferred_element_type=cdt)
     dxg = jnp.dot(dh.astype(op), proj.astype(op).T, preferred_element_type=cdt)
     dx = dx.at[idx].add(dxg, mode="drop")
-    return dx, dproj, dout_t
+    return dx, dproj, dout
 
   init = (
       jnp.zeros(x.shape, cdt), jnp.zeros(proj.shape, cdt),
-      jnp.zeros(out_t.shape, cdt),
+      jnp.zeros(out.shape, cdt),
   )
   init = _varying_like(init, x, proj, out, rel, mask, g)
-  dx, dproj, dout_t = _run_blocks(body, init, count, capacity)
+  dx, dproj, dout = _run_blocks(body, init, count, capacity)
   return (
-      dx.astype(x.dtype), dproj.astype(proj.dtype), dout_t.T.astype(out.dtype),
+      dx.astype(x.dtype), dproj.astype(proj.dtype), dout.astype(out.dtype),
       None, None,
   )
 
@@ -434,10 +415,10 @@ def adaptive_log_softmax_with_loss(
       accepted (``n_classes`` is then inferred from the last tail).
     head_bias: optional ``[shortlist + n_clusters]``.
     capacity: rows per gather block, an int or one per tail cluster. Larger
-      blocks mean fewer loop steps and bigger GEMMs; a block's vocabulary is
-      walked in chunks of about ``2**21 / capacity`` columns, so its logits
-      stay within ~8 MiB. Default: 512 rows (at most ``next_pow2(N)``). Any
-      value gives exact results.
+      blocks mean fewer loop steps; each block materialises ``capacity x osz``
+      logits. Default: the largest power of two with ``capacity * osz <=
+      2**21`` (8 MiB of float32 logits), at least 128 and at most
+      ``next_pow2(N)``. Any value gives exact results.
     ignore_index: optional label value whose rows give ``output = 0`` and are
       excluded from the mean (not in Paddle/torch, which reject such labels).
 

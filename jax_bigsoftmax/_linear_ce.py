@@ -59,7 +59,7 @@ def _chunk_logits(x, weight, bias, k, c, vocab):
   return z, start, cols, fresh
 
 
-def forward_stats(x, weight, bias, labels, class_weight, c, smooth):
+def _forward_stats(x, weight, bias, labels, class_weight, c, smooth):
   """One pass over the vocabulary: (lse, label logit, weighted logit sum)."""
   n = x.shape[0]
   vocab = weight.shape[0]
@@ -99,31 +99,16 @@ def linear_stats(c, smooth, x, weight, bias, labels, class_weight):
   Differentiable in ``x``, ``weight`` and ``bias``: the backward recomputes
   each chunk of logits from the saved ``lse``.
   """
-  return forward_stats(x, weight, bias, labels, class_weight, c, smooth)
+  return _forward_stats(x, weight, bias, labels, class_weight, c, smooth)
 
 
 def _linear_stats_fwd(c, smooth, x, weight, bias, labels, class_weight):
-  lse, zy, zw = forward_stats(x, weight, bias, labels, class_weight, c, smooth)
+  lse, zy, zw = _forward_stats(x, weight, bias, labels, class_weight, c, smooth)
   return (lse, zy, zw), (x, weight, bias, labels, class_weight, lse)
 
 
 def _linear_stats_bwd(c, smooth, res, cts):
   x, weight, bias, labels, class_weight, lse = res
-  acc = lse.dtype
-  init = (jnp.zeros(x.shape, acc), jnp.zeros_like(weight),
-          None if bias is None else jnp.zeros_like(bias))
-  dx, dw, db = backward_chunks(c, smooth, x, weight, bias, labels, class_weight, lse, cts, init)
-  dcw = None if class_weight is None else jnp.zeros_like(class_weight)
-  return dx.astype(x.dtype), dw, db, None, dcw
-
-
-def backward_chunks(c, smooth, x, weight, bias, labels, class_weight, lse, cts, init):
-  """Adds the gradients of ``linear_stats`` with cotangents ``cts`` to ``init``.
-
-  ``init = (dx, dweight, dbias or None)`` are accumulators (``dx`` in the
-  accumulation dtype), so a caller that walks several row blocks can keep one
-  ``dweight`` instead of allocating and adding a fresh one per block.
-  """
   g_lse, g_zy, g_zw = (g.astype(lse.dtype) for g in cts)
   vocab = weight.shape[0]
   acc = lse.dtype
@@ -153,8 +138,12 @@ def backward_chunks(c, smooth, x, weight, bias, labels, class_weight, lse, cts, 
                                            start, axis=0)
     return dx, dw, db
 
+  init = (jnp.zeros(x.shape, acc), jnp.zeros_like(weight),
+          None if bias is None else jnp.zeros_like(bias))
   init = _varying_like(init, x, weight, bias, labels, class_weight, lse)
-  return lax.fori_loop(0, -(-vocab // c), body, init)
+  dx, dw, db = lax.fori_loop(0, -(-vocab // c), body, init)
+  dcw = None if class_weight is None else jnp.zeros_like(class_weight)
+  return dx.astype(x.dtype), dw, db, None, dcw
 
 
 linear_stats.defvjp(_linear_stats_fwd, _linear_stats_bwd)
