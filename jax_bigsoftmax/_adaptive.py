@@ -265,8 +265,9 @@ def _cluster_fwd(capacity, x, proj, out, rel, mask):
     h, z = _tail_logits(xg, proj, out, cdt)
     lse = jax.nn.logsumexp(z, axis=-1)
     r = jnp.take(rel, idx, mode="clip")
-    # The target logit as h . out[:, r]: reading it out of z with a gather made
-    # XLA:CPU fuse the whole block more slowly (this cluster step 35% slower).
+    # The target logit as h . out[:, r] rather than a gather from z (with the
+    # backward's one-hot change below: a cluster's fwd+bwd alone 14-33% faster
+    # on an Intel Xeon; the whole training step within noise).
     picked = jnp.einsum("nk,kn->n", h, jnp.take(out, r, axis=1, mode="clip").astype(h.dtype),
                         preferred_element_type=cdt)
     acc = acc.at[idx].add(jnp.where(valid, picked - lse, 0), mode="drop")
