@@ -134,8 +134,9 @@ def report(config, runs, budget_s, slices, vocab_size, load_before, load_after) 
       f"Machine: {_cpu_model()}, {os.cpu_count()} cores, {len(jax.devices())} JAX device(s); "
       f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, "
       f"Python {platform.python_version()}.",
-      f"Load average before/after: {load_before} / {load_after} (the CPU was shared with "
-      "other jobs: absolute tokens/s are noisy; the round-robin slices share the noise).",
+      f"Load average before/after: {load_before} / {load_after} on {os.cpu_count()} cores (this"
+      " run keeps them busy itself; more than that means other jobs shared the CPU, and the"
+      " round-robin slices share that noise).",
   ]
   return "\n".join(lines)
 
