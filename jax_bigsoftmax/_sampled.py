@@ -118,16 +118,26 @@ def prepare_sampled_args(weights, biases, labels, inputs, num_sampled, num_class
           f" num_classes={num_classes}.")
     sampled_values = log_uniform_candidate_sampler(key, labels, num_true, num_sampled, True,
                                                    num_classes)
+  sampled, true_ec, sampled_ec = _unpack_sampled_values(sampled_values, lead + (num_true,),
+                                                        num_sampled)
+  _checks.check_labels_in_range(sampled, vocab, name="sampled_values[0]")
+  return vocab, dim, sampled, true_ec, sampled_ec
+
+
+def _unpack_sampled_values(sampled_values, labels_shape, num_sampled=None):
+  """Checks a sampler's ``(sampled [S], true_expected_count, sampled_expected_count [S])``."""
   if not isinstance(sampled_values, (tuple, list)) or len(sampled_values) != 3:
     raise ValueError("sampled_values must be a tuple (sampled, true_expected_count,"
                      f" sampled_expected_count); got {type(sampled_values).__name__}.")
   sampled, true_ec, sampled_ec = (jax.lax.stop_gradient(jnp.asarray(v)) for v in sampled_values)
   _checks.check_integer("sampled_values[0]", sampled)
+  if num_sampled is None:
+    _checks.check_ndim("sampled_values[0]", sampled, ndim=1)
+    num_sampled = sampled.shape[0]
   _checks.check_shape("sampled_values[0]", sampled, (num_sampled,), "[num_sampled]")
-  _checks.check_shape("sampled_values[1]", true_ec, lead + (num_true,), "labels' shape")
+  _checks.check_shape("sampled_values[1]", true_ec, labels_shape, "labels' shape")
   _checks.check_shape("sampled_values[2]", sampled_ec, (num_sampled,), "[num_sampled]")
-  _checks.check_labels_in_range(sampled, vocab, name="sampled_values[0]")
-  return vocab, dim, sampled, true_ec, sampled_ec
+  return sampled, true_ec, sampled_ec
 
 def sampled_softmax_loss(
     weights: ArrayLike,
@@ -196,8 +206,7 @@ def sampled_softmax_loss(
       weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
       remove_accidental_hits, key)
   lab = jnp.asarray(labels)
-  rows = _gather_rows(jnp.asarray(weights), None if biases is None else jnp.asarray(biases),
-                      lab, sampled)
+  rows = _gather_rows(weights, biases, lab, sampled)
   loss = _loss_from_rows(rows, lab, sampled, jnp.asarray(inputs), true_ec, sampled_ec,
                          remove_accidental_hits)
   # Labels in [num_classes, V) have a row but are outside the sampler's range.
@@ -229,7 +238,8 @@ def _take_rows(table, ids):
 
 
 def _gather_rows(weights, biases, labels, sampled) -> SampledRows:
-  b = jnp.zeros(weights.shape[:1], weights.dtype) if biases is None else biases
+  weights = jnp.asarray(weights)
+  b = jnp.zeros(weights.shape[:1], weights.dtype) if biases is None else jnp.asarray(biases)
   return SampledRows(_take_rows(weights, labels), _take_rows(b, labels),
                      _take_rows(weights, sampled), _take_rows(b, sampled))
 
@@ -247,6 +257,12 @@ def _check_rows_args(weights, biases, labels, sampled) -> None:
   _checks.check_ndim("sampled", sampled, ndim=1)
   _checks.check_labels_in_range(labels, vocab, name="labels")
   _checks.check_labels_in_range(sampled, vocab, name="sampled")
+
+
+def _check_rows_shapes(rows, labels_shape, num_sampled: int, dim: int) -> None:
+  for name, want in (("true_weights", labels_shape + (dim,)), ("true_biases", labels_shape),
+                     ("sampled_weights", (num_sampled, dim)), ("sampled_biases", (num_sampled,))):
+    _checks.check_shape(f"rows.{name}", getattr(rows, name), want)
 
 
 def gather_sampled_rows(
@@ -292,8 +308,7 @@ def gather_sampled_rows(
     the true and sampled rows, differentiated as ``IndexedSlices``).
   """
   _check_rows_args(weights, biases, labels, sampled)
-  return _gather_rows(jnp.asarray(weights), None if biases is None else jnp.asarray(biases),
-                      jnp.asarray(labels), jnp.asarray(sampled))
+  return _gather_rows(weights, biases, jnp.asarray(labels), jnp.asarray(sampled))
 
 
 def scatter_add_sampled_rows(
@@ -325,12 +340,7 @@ def scatter_add_sampled_rows(
     ``(weights + scattered rows, biases + scattered biases or None)``.
   """
   _check_rows_args(weights, biases, labels, sampled)
-  lead_t = tuple(jnp.shape(labels))
-  dim = jnp.shape(weights)[1]
-  for name, want in (("true_weights", lead_t + (dim,)), ("true_biases", lead_t),
-                     ("sampled_weights", (jnp.shape(sampled)[0], dim)),
-                     ("sampled_biases", jnp.shape(sampled))):
-    _checks.check_shape(f"rows.{name}", getattr(rows, name), want)
+  _check_rows_shapes(rows, tuple(jnp.shape(labels)), jnp.shape(sampled)[0], jnp.shape(weights)[1])
   w = jnp.asarray(weights)
   labels, sampled = (_no_wrap(jnp.asarray(i), w.shape[0]) for i in (labels, sampled))
   w = w.at[labels].add(rows.true_weights.astype(w.dtype), mode="drop")
@@ -391,18 +401,8 @@ def sampled_softmax_loss_from_rows(
   t = jnp.shape(labels)[-1]
   if not isinstance(rows, SampledRows):
     raise TypeError(f"rows must be a SampledRows (from gather_sampled_rows); got {type(rows).__name__}.")
-  if not isinstance(sampled_values, (tuple, list)) or len(sampled_values) != 3:
-    raise ValueError("sampled_values must be a tuple (sampled, true_expected_count,"
-                     f" sampled_expected_count); got {type(sampled_values).__name__}.")
-  sampled, true_ec, sampled_ec = (jax.lax.stop_gradient(jnp.asarray(v)) for v in sampled_values)
-  _checks.check_integer("sampled_values[0]", sampled)
-  _checks.check_ndim("sampled_values[0]", sampled, ndim=1)
-  s = sampled.shape[0]
-  _checks.check_shape("sampled_values[1]", true_ec, lead + (t,), "labels' shape")
-  _checks.check_shape("sampled_values[2]", sampled_ec, (s,), "[S]")
-  for name, want in (("true_weights", lead + (t, dim)), ("true_biases", lead + (t,)),
-                     ("sampled_weights", (s, dim)), ("sampled_biases", (s,))):
-    _checks.check_shape(f"rows.{name}", getattr(rows, name), want)
+  sampled, true_ec, sampled_ec = _unpack_sampled_values(sampled_values, lead + (t,))
+  _check_rows_shapes(rows, lead + (t,), sampled.shape[0], dim)
   return _loss_from_rows(rows, jnp.asarray(labels), sampled, jnp.asarray(inputs), true_ec,
                          sampled_ec, remove_accidental_hits)
 
