@@ -97,13 +97,15 @@ def nll_loss(
     torch.nn.functional.nll_loss.
   """
   num_classes = _check_common("log_probs", log_probs, labels, weight, reduction)
-  labels = jnp.asarray(labels)
   _checks.check_labels_in_range(labels, num_classes, name="labels", ignore_index=ignore_index)
+  labels = jnp.asarray(labels)
   dtype = _checks.compute_dtype(log_probs)
   log_probs = jnp.asarray(log_probs, dtype)
   safe, w_label, bad = label_terms(labels, num_classes, weight, ignore_index, dtype)
   picked = jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
-  return reduce_loss(-w_label * picked, w_label, bad, reduction)
+  # A select, not a product: NaN/inf at ignored positions stays out (and so do its grads).
+  loss = jnp.where(labels == ignore_index, jnp.zeros((), dtype), -w_label * picked)
+  return reduce_loss(loss, w_label, bad, reduction)
 
 
 def cross_entropy(
@@ -130,9 +132,14 @@ def cross_entropy(
 
   Args:
     logits: ``[..., C]`` unnormalised scores.
-    labels: ``[...]`` integer class ids in ``[0, C)`` or ``ignore_index``.
+    labels: ``[...]`` integer class ids in ``[0, C)`` or ``ignore_index``; or
+      float class probabilities ``[..., C]`` (torch's probability targets:
+      ``loss = -sum_c w_c t_c log_softmax(z)_c`` with smoothed
+      ``t = (1 - eps) t + eps / C``; ``"mean"`` divides by the number of
+      positions, not by the weights; ``ignore_index`` does not apply).
     weight: optional ``[C]`` class weights.
-    ignore_index: label value that contributes 0 and is excluded from the mean.
+    ignore_index: label value that contributes 0 and is excluded from the mean;
+      its positions are masked, so NaN or inf logits there are harmless.
     reduction: ``"mean" | "sum" | "none"``.
     label_smoothing: ``eps`` in ``[0, 1]``.
 
@@ -148,13 +155,19 @@ def cross_entropy(
   References:
     torch.nn.functional.cross_entropy; Szegedy et al. 2016 (label smoothing).
   """
+  if _is_prob_target(logits, labels):
+    return _cross_entropy_prob(logits, labels, weight, reduction, label_smoothing)
   num_classes = _check_common("logits", logits, labels, weight, reduction)
   _checks.check_label_smoothing(label_smoothing)
-  labels = jnp.asarray(labels)
   _checks.check_labels_in_range(labels, num_classes, name="labels", ignore_index=ignore_index)
+  labels = jnp.asarray(labels)
   dtype = _checks.compute_dtype(logits)
   logits = jnp.asarray(logits, dtype)
   safe, w_label, bad = label_terms(labels, num_classes, weight, ignore_index, dtype)
+  ignored = labels == ignore_index
+  # Ignored positions are masked before any arithmetic (a NaN or inf row of
+  # padding must not leak into the loss or the gradients), as torch does.
+  logits = jnp.where(ignored[..., None], jnp.zeros((), dtype), logits)
   lse = jax.nn.logsumexp(logits, axis=-1)
   picked = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
   loss = w_label * (lse - picked)
@@ -165,6 +178,44 @@ def cross_entropy(
     else:
       w = jnp.asarray(weight, dtype)
       smooth = jnp.sum(w) * lse - logits @ w
-    smooth = jnp.where(labels == ignore_index, jnp.zeros((), dtype), smooth)
     loss = (1 - eps) * loss + (eps / num_classes) * smooth
+  loss = jnp.where(ignored, jnp.zeros((), dtype), loss)
   return reduce_loss(loss, w_label, bad, reduction)
+
+
+def _is_prob_target(logits, targets) -> bool:
+  dtype = jnp.result_type(targets)
+  return jnp.issubdtype(dtype, jnp.floating)
+
+
+def _cross_entropy_prob(logits, targets, weight, reduction, label_smoothing):
+  """torch's class-probability-target cross-entropy (``prob_target`` path)."""
+  _checks.check_floating("logits", logits)
+  _checks.check_ndim("logits", logits, min_ndim=1)
+  _checks.check_reduction(reduction)
+  _checks.check_label_smoothing(label_smoothing)
+  shape = tuple(jnp.shape(logits))
+  if tuple(jnp.shape(targets)) != shape:
+    raise ValueError(
+        f"targets of float dtype are class probabilities and must have the shape of logits"
+        f" {shape}; got {tuple(jnp.shape(targets))} (integer labels have shape {shape[:-1]}).")
+  num_classes = shape[-1]
+  if weight is not None:
+    _checks.check_floating("weight", weight)
+    _checks.check_shape("weight", weight, (num_classes,), "one weight per class")
+  dtype = _checks.compute_dtype(logits, targets)
+  logits = jnp.asarray(logits, dtype)
+  targets = jnp.asarray(targets, dtype)
+  if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0.0):
+    eps = jnp.asarray(label_smoothing, dtype)
+    targets = targets * (1 - eps) + eps / num_classes
+  terms = jax.nn.log_softmax(logits, axis=-1) * targets
+  if weight is not None:
+    terms = terms * jnp.asarray(weight, dtype).reshape((1,) * (terms.ndim - 1) + (-1,))
+  loss = -jnp.sum(terms, axis=-1)
+  if reduction == "none":
+    return loss
+  if reduction == "sum":
+    return jnp.sum(loss)
+  # torch divides by the number of positions (weights do not enter the mean here).
+  return jnp.sum(loss) / loss.size if loss.size else jnp.full((), jnp.nan, dtype)

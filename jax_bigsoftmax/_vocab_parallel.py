@@ -15,9 +15,10 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 from jax.typing import ArrayLike
 
-from jax_bigsoftmax._exact import label_terms, reduce_loss
-from jax_bigsoftmax._linear_ce import (check_linear_ce_args, choose_chunk_size, linear_stats,
-                                       smoothed_rows)
+from jax_bigsoftmax import _checks
+from jax_bigsoftmax._linear_ce import (Opts, RowStats, choose_chunk_size, finish,
+                                       flat_row_terms, linear_stats, loss_spec,
+                                       prepare_linear_ce, row_terms)
 from jax_bigsoftmax._sharding import make_varying
 
 
@@ -27,6 +28,32 @@ def _check_mesh_axes(mesh: Mesh, vocab_axis: str, data_axis: str | None) -> None
       raise ValueError(f"{name}={axis!r} is not an axis of the mesh {mesh.axis_names}.")
   if vocab_axis == data_axis:
     raise ValueError(f"vocab_axis and data_axis must differ; both are {vocab_axis!r}.")
+
+
+def combine_row_stats(local: RowStats, offset, axis: str, aux: bool) -> RowStats:
+  """Global :class:`RowStats` from each vocabulary shard's local ones (inside
+  ``shard_map``): a ``pmax`` and one ``psum`` of ``[N]`` vectors (plus a
+  ``pmax``/``pmin`` pair for the arg-max when ``aux``)."""
+  m = lax.pmax(lax.stop_gradient(local.lse), axis)
+  m_safe = jnp.where(jnp.isfinite(m), m, 0.0)  # a row that is -inf on every shard
+  e = jnp.exp(local.lse - m_safe)
+  parts = [e, local.zy, local.zw]
+  if aux:
+    parts.append(jnp.where(e > 0, e * local.pz, 0.0))
+  sums = lax.psum(jnp.stack(parts), axis)
+  lse = m_safe + jnp.log(sums[0])
+  if not aux:
+    zero = jnp.zeros_like(lse)
+    return RowStats(lse, sums[1], sums[2], zero, zero, jnp.zeros(lse.shape, jnp.int32))
+  pz = sums[3] / sums[0]
+  # arg-max with jnp.argmax's semantics across shards: first NaN, else first max.
+  is_nan = jnp.isnan(local.best)
+  any_nan = lax.pmax(is_nan.astype(jnp.int32), axis) > 0
+  best = lax.pmax(jnp.where(is_nan, -jnp.inf, local.best), axis)
+  mine = jnp.where(any_nan, is_nan, local.best == best)
+  big = jnp.iinfo(jnp.int32).max
+  arg = lax.pmin(jnp.where(mine, local.arg + offset, big), axis)
+  return RowStats(lse, sums[1], sums[2], pz, jnp.where(any_nan, jnp.nan, best), arg)
 
 
 def vocab_parallel_cross_entropy(
@@ -39,17 +66,24 @@ def vocab_parallel_cross_entropy(
     vocab_axis: str = "vocab",
     data_axis: str | None = None,
     class_weight: ArrayLike | None = None,
+    token_weight: ArrayLike | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    logit_softcap: float | None = None,
+    return_aux: bool = False,
     chunk_size: int | None = None,
-) -> jax.Array:
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
   r""":func:`linear_cross_entropy` with ``weight`` sharded on V over ``vocab_axis``.
 
-  Same numbers (values and gradients) as the single-device
-  ``linear_cross_entropy``. Per device, memory is ``V / P`` rows of ``weight``
-  plus one ``[N_local, chunk]`` block of logits; communication is a ``pmax``
-  and a ``psum`` of ``[N_local]`` / ``[3, N_local]`` vectors.
+  Same numbers (values and gradients) and the same options as the
+  single-device ``linear_cross_entropy``. Per device, memory is ``V / P`` rows
+  of ``weight`` plus one ``[N_local, chunk]`` block of logits; communication
+  is a ``pmax`` and a ``psum`` of ``[N_local]`` / ``[3, N_local]`` vectors
+  (two more small collectives for the arg-max with ``return_aux``). The
+  backward recomputes each shard's logits (the one-pass gradient of the
+  single-device function is not used here).
 
   Args:
     inputs: ``[..., D]``; rows are split over ``data_axis`` when given (the
@@ -60,11 +94,13 @@ def vocab_parallel_cross_entropy(
     mesh: the ``jax.sharding.Mesh`` to run on.
     vocab_axis: mesh axis that splits the vocabulary.
     data_axis: optional mesh axis that splits the rows (2-D data x vocab mesh).
-    class_weight, ignore_index, reduction, label_smoothing, chunk_size: as in
+    class_weight, token_weight, ignore_index, reduction, label_smoothing,
+      z_loss, logit_softcap, return_aux, chunk_size: as in
       :func:`linear_cross_entropy` (``chunk_size`` applies to each local slice).
 
   Returns:
-    A scalar, or ``[...]`` for ``reduction="none"``.
+    A scalar, or ``[...]`` for ``reduction="none"``; ``(loss, aux)`` with
+    ``return_aux``.
 
   Examples:
     >>> import jax, jax.numpy as jnp, numpy as np, jax_bigsoftmax as jbs
@@ -76,43 +112,41 @@ def vocab_parallel_cross_entropy(
   References:
     Shoeybi et al. 2019, "Megatron-LM" (vocab-parallel cross-entropy).
   """
-  d, vocab, labels, class_weight = check_linear_ce_args(
-      inputs, weight, labels, bias, class_weight, ignore_index, reduction, label_smoothing)
+  p = prepare_linear_ce(inputs, weight, labels, bias, class_weight, token_weight, ignore_index,
+                        reduction, label_smoothing, z_loss, logit_softcap)
   _check_mesh_axes(mesh, vocab_axis, data_axis)
+  vocab = p.vocab
   n_vocab_shards = mesh.shape[vocab_axis]
   if vocab % n_vocab_shards:
     raise ValueError(f"weight has V={vocab} rows, which does not divide by the size of mesh axis"
                      f" {vocab_axis!r} ({n_vocab_shards}).")
-  x = jnp.asarray(inputs).reshape(-1, d)
-  y = labels.reshape(-1).astype(jnp.int32)
+  inputs, weight = jnp.asarray(inputs), jnp.asarray(weight)
+  acc = _checks.compute_dtype(inputs, weight)
+  x = inputs.reshape(-1, p.d)
+  y, keep, bad, row_args = flat_row_terms(p, ignore_index, acc)
   if data_axis is not None and x.shape[0] % mesh.shape[data_axis]:
     raise ValueError(f"inputs have {x.shape[0]} rows, which does not divide by the size of mesh"
                      f" axis {data_axis!r} ({mesh.shape[data_axis]}).")
   local_vocab = vocab // n_vocab_shards
   local_rows = x.shape[0] // (mesh.shape[data_axis] if data_axis else 1)
-  c = choose_chunk_size(local_rows, local_vocab, chunk_size)
-  eps = float(label_smoothing)
-  smooth = eps != 0.0
-
+  aux = bool(return_aux)
+  opts = Opts(choose_chunk_size(local_rows, local_vocab, chunk_size), local_rows, p.eps != 0.0,
+              p.softcap, aux)
   axes = tuple(a for a in (data_axis, vocab_axis) if a is not None)
 
-  def local(x, w, b, y, cw):
+  def local(x, w, b, y, cw, keep):
     # Every operand varies over every mesh axis inside; autodiff then psums the
     # gradients of replicated operands (x over vocab, weight over data).
-    x, w, b, y, cw = make_varying((x, w, b, y, cw), axes)
+    x, w, b, y, cw, keep = make_varying((x, w, b, y, cw, keep), axes)
     offset = lax.axis_index(vocab_axis) * local_vocab
-    lse_l, zy_l, zw_l = linear_stats(c, smooth, x, w, b, y - offset, cw)
-    m = lax.pmax(lax.stop_gradient(lse_l), vocab_axis)
-    sums = lax.psum(jnp.stack([jnp.exp(lse_l - m), zy_l, zw_l]), vocab_axis)
-    return m + jnp.log(sums[0]), sums[1], sums[2]
+    stats = linear_stats(opts, x, w, b, jnp.where(y >= 0, y - offset, -1), cw, keep)
+    return combine_row_stats(stats, offset, vocab_axis, aux)
 
   rows, vocab_rows = P(data_axis), P(vocab_axis)
   specs = (P(data_axis, None), P(vocab_axis, None),
            None if bias is None else vocab_rows, rows,
-           None if class_weight is None else vocab_rows)
-  lse, zy, zw = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=(rows, rows, rows))(
-      x, jnp.asarray(weight), None if bias is None else jnp.asarray(bias), y, class_weight)
-  per_row = smoothed_rows(lse, zy, zw, y, vocab=vocab, class_weight=class_weight,
-                          ignore_index=ignore_index, eps=eps)
-  _, w_label, bad = label_terms(labels, vocab, class_weight, ignore_index, per_row.dtype)
-  return reduce_loss(per_row.reshape(labels.shape), w_label, bad, reduction)
+           None if p.class_weight is None else vocab_rows, rows)
+  stats = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=RowStats(*[rows] * 6))(
+      x, weight, None if bias is None else jnp.asarray(bias), y, p.class_weight, keep)
+  ce, zl = row_terms(loss_spec(p), stats.lse, stats.zy, stats.zw, row_args)
+  return finish(ce, zl, stats, p.labels.shape, bad, keep, row_args, reduction, return_aux, acc)

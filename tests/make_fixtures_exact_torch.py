@@ -121,6 +121,44 @@ def main():
         {"ignore_index": -100, "reduction": reduction, "label_smoothing": smoothing},
         out.detach().numpy(), grads)
 
+  # Class-probability targets (torch's prob_target path): [N, C] and K-dim.
+  for shape in [(12, 9), (3, 4, 6)]:
+    c = shape[-1]
+    for weighted in (False, True):
+      for smoothing in (0.0, 0.15):
+        for reduction in ("mean", "sum", "none"):
+          logits = (rng.normal(size=shape) * 3).astype(np.float32)
+          targets = rng.dirichlet(np.ones(c), size=shape[:-1]).astype(np.float32)
+          weight = rng.uniform(0.2, 2.0, size=c).astype(np.float32) if weighted else None
+          cot = rng.normal(size=shape[:-1] if reduction == "none" else ()).astype(np.float32)
+          t_logits = torch.tensor(_class_axis_1(logits), requires_grad=True)
+          out = F.cross_entropy(t_logits, torch.tensor(_class_axis_1(targets)),
+                                weight=None if weight is None else torch.tensor(weight),
+                                reduction=reduction, label_smoothing=smoothing)
+          (out * torch.tensor(cot)).sum().backward()
+          arrays = {"logits": logits, "targets": targets, "cot": cot}
+          if weighted:
+            arrays["weight"] = weight
+          add("cross_entropy_prob", arrays, {"reduction": reduction, "label_smoothing": smoothing},
+              out.detach().numpy(), {"logits": np.moveaxis(t_logits.grad.numpy(), 1, -1)})
+
+  # Edges: a NaN row at an ignored position (torch masks it: finite loss and
+  # gradients), and banned classes with -inf logits.
+  for logits, labels in [
+      (np.array([[0, 1, 2], [np.nan] * 3, [np.inf, -np.inf, 0]], np.float32),
+       np.array([2, -100, -100])),
+      (np.array([[-np.inf, -np.inf, 0, 0], [1, -np.inf, 2, -np.inf]], np.float32),
+       np.array([2, 0])),
+  ]:
+    for reduction in ("mean", "sum", "none"):
+      cot = rng.normal(size=labels.shape if reduction == "none" else ()).astype(np.float32)
+      t_logits = torch.tensor(logits, requires_grad=True)
+      out = F.cross_entropy(t_logits, torch.tensor(labels), reduction=reduction)
+      (out * torch.tensor(cot)).sum().backward()
+      add("cross_entropy", {"logits": logits, "labels": labels.astype(np.int64), "cot": cot},
+          {"ignore_index": -100, "reduction": reduction, "label_smoothing": 0.0},
+          out.detach().numpy(), {"logits": t_logits.grad.numpy()})
+
   data["cases"] = np.array(json.dumps(cases))
   np.savez_compressed(OUT, **data)
   print(f"wrote {len(cases)} cases to {OUT}")
