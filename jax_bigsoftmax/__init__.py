@@ -8,6 +8,7 @@ from jax_bigsoftmax._exact import nll_loss
 from jax_bigsoftmax._full_head import FullSoftmaxLoss
 from jax_bigsoftmax._linear_ce import linear_argmax
 from jax_bigsoftmax._linear_ce import linear_cross_entropy
+from jax_bigsoftmax._linear_ce import linear_top_k
 from jax_bigsoftmax._vocab_parallel import vocab_parallel_cross_entropy
 from jax_bigsoftmax._vocab_parallel_heads import PackedAdaptiveTails
 from jax_bigsoftmax._vocab_parallel_heads import pack_adaptive_tails
@@ -54,6 +55,7 @@ __all__ = (
     "cross_entropy",
     "linear_argmax",
     "linear_cross_entropy",
+    "linear_top_k",
     "nll_loss",
     "vocab_parallel_cross_entropy",
     "PackedAdaptiveTails",

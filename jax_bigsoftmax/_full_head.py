@@ -32,6 +32,8 @@ class FullSoftmaxLoss(nn.Module):
     use_bias: whether to learn a bias.
     ignore_index: label value that contributes 0 and is left out of the mean.
     label_smoothing: smoothing used by ``__call__`` (``nll`` is always exact).
+    z_loss: coefficient of the ``lse**2`` auxiliary loss added by ``__call__``.
+    logit_softcap: logits become ``c * tanh(z / c)`` in every method (Gemma 2).
     reduction: reduction used by ``__call__``.
     chunk_size: vocabulary chunk for ``linear_cross_entropy`` (None: automatic).
     dtype: computation dtype for the matmuls (None: the inputs' dtype);
@@ -52,6 +54,8 @@ class FullSoftmaxLoss(nn.Module):
   use_bias: bool = True
   ignore_index: int = -100
   label_smoothing: float = 0.0
+  z_loss: float = 0.0
+  logit_softcap: float | None = None
   reduction: str = "mean"
   chunk_size: int | None = None
   dtype: Any = None
@@ -78,18 +82,22 @@ class FullSoftmaxLoss(nn.Module):
     x, w, b = self._cast(inputs)
     return linear_cross_entropy(x, w, labels, b, ignore_index=self.ignore_index,
                                 reduction=self.reduction, label_smoothing=self.label_smoothing,
+                                z_loss=self.z_loss, logit_softcap=self.logit_softcap,
                                 chunk_size=self.chunk_size)
 
   def nll(self, inputs: ArrayLike, labels: ArrayLike) -> jax.Array:
     x, w, b = self._cast(inputs)
     return linear_cross_entropy(x, w, labels, b, ignore_index=self.ignore_index,
-                                reduction="none", chunk_size=self.chunk_size)
+                                reduction="none", logit_softcap=self.logit_softcap,
+                                chunk_size=self.chunk_size)
 
   def log_prob(self, inputs: ArrayLike) -> jax.Array:
     x, w, b = self._cast(inputs)
     logits = jnp.dot(x, w.T, preferred_element_type=jnp.float32)
     if b is not None:
       logits = logits + b.astype(jnp.float32).reshape((1,) * (logits.ndim - 1) + (-1,))
+    if self.logit_softcap is not None:
+      logits = self.logit_softcap * jnp.tanh(logits / self.logit_softcap)
     return jax.nn.log_softmax(logits, axis=-1)
 
   def predict(self, inputs: ArrayLike) -> jax.Array:

@@ -113,6 +113,7 @@ def _dlogits(z, lse, cols, labels, g, class_weight_c, softcap):
   softcap's chain rule ``1 - (z / softcap)**2``.
   """
   g_lse, g_zy, g_zw = g
+  lse = jnp.where(lse == -jnp.inf, 0.0, lse)  # a row that is -inf here: softmax part 0
   dz = jnp.exp(z - lse[:, None]) * g_lse[:, None]
   dz = dz + jnp.where(cols[None, :] == labels[:, None], g_zy[:, None], 0.0)
   if class_weight_c is not None:
@@ -295,10 +296,12 @@ def _fused_forward(opts, row_loss, x, weight, bias, labels, class_weight, row_ar
 
   zeros = jnp.zeros((n,), acc)
   stats0 = RowStats(zeros, zeros, zeros, zeros, zeros, jnp.zeros((n,), jnp.int32))
-  init = (jnp.zeros((), acc), stats0, jnp.zeros(x.shape, acc), jnp.zeros_like(weight),
-          None if bias is None else jnp.zeros_like(bias))
+  init = (jnp.zeros((), acc), stats0, jnp.zeros(x.shape, acc), jnp.zeros(weight.shape, acc),
+          None if bias is None else jnp.zeros(bias.shape, acc))
   init = _varying_like(init, x, weight, bias, labels, class_weight)
-  return _walk(block, init, n, r)
+  total, stats, dx, dw, db = _walk(block, init, n, r)
+  return (total, stats, dx.astype(x.dtype), dw.astype(weight.dtype),
+          None if bias is None else db.astype(bias.dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -658,3 +661,80 @@ def linear_argmax(
   init = _varying_like(init, x, weight, bias)
   _, arg = _walk(step, init, vocab, c)
   return arg.reshape(lead)
+
+
+def linear_top_k(
+    inputs: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    *,
+    k: int,
+    logit_softcap: float | None = None,
+    chunk_size: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """Exact top-``k`` of ``log_softmax(cap(inputs @ weight.T + bias))`` without ``[N, V]``.
+
+  One walk over the vocabulary keeps a running top-``k`` (merged chunk by
+  chunk with ``lax.top_k``) and the online log-sum-exp, so evaluation and
+  decoding need no logits. Ties resolve to the smaller id, as ``lax.top_k``.
+
+  Args:
+    inputs: ``[..., D]``; weight: ``[V, D]``; bias: optional ``[V]``.
+    k: how many classes, ``1 <= k <= V`` (static).
+    logit_softcap: as in :func:`linear_cross_entropy`.
+    chunk_size: as in :func:`linear_cross_entropy` (raised to ``k`` if smaller).
+
+  Returns:
+    ``(log_probs [..., k], ids [..., k])``, sorted by decreasing probability;
+    ids int32.
+
+  Examples:
+    >>> import jax.numpy as jnp, jax_bigsoftmax as jbs
+    >>> x = jnp.ones((1, 2)); w = jnp.array([[0., 0.], [1., 1.], [2., 0.], [-1., 0.]])
+    >>> lp, ids = jbs.linear_top_k(x, w, k=2)
+    >>> ids.tolist()
+    [[1, 2]]
+  """
+  d, vocab = check_linear(inputs, weight, bias)
+  cap = check_softcap(logit_softcap)
+  if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
+    raise ValueError(f"k must be an int in [1, V={vocab}]; got {k!r}.")
+  inputs, weight = jnp.asarray(inputs), jnp.asarray(weight)
+  bias = None if bias is None else jnp.asarray(bias)
+  lead = jnp.shape(inputs)[:-1]
+  x = inputs.reshape(-1, d)
+  n = x.shape[0]
+  c = max(k, choose_chunk_size(n, vocab, chunk_size))
+  acc = _checks.compute_dtype(x, weight)
+
+  def step(start, size, carry):
+    vals, ids, m, s = carry
+    z = _logits(x, weight, bias, start, size, cap)
+    m_new = jnp.maximum(m, jnp.max(z, axis=1))
+    m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+    s = s * jnp.exp(m - m_safe) + jnp.sum(jnp.exp(z - m_safe[:, None]), axis=1)
+    cv, ci = lax.top_k(z, min(k, size))
+    # Earlier (smaller) ids first, so lax.top_k's tie rule keeps them.
+    vals, pos = lax.top_k(jnp.concatenate([vals, cv], axis=1), k)
+    ids = jnp.take_along_axis(jnp.concatenate([ids, start + ci.astype(jnp.int32)], axis=1),
+                              pos, axis=1)
+    return vals, ids, m_new, s
+
+  # The first chunk seeds the running top-k (no placeholder ids can win a tie).
+  z0 = _logits(x, weight, bias, 0, c, cap)
+  vals, ids = lax.top_k(z0, k)
+  m = jnp.max(z0, axis=1)
+  m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
+  s = jnp.sum(jnp.exp(z0 - m_safe[:, None]), axis=1)
+  carry = _varying_like((vals, ids.astype(jnp.int32), m, s), x, weight, bias)
+  rest = vocab - c
+  if rest:
+    full, tail = divmod(rest, c)
+    if full:
+      carry = lax.fori_loop(1, 1 + full, lambda j, cy: step(j * c, c, cy), carry)
+    if tail:
+      carry = step(c + full * c, tail, carry)
+  vals, ids, m, s = carry
+  lse = jnp.where(jnp.isfinite(m), m, 0.0) + jnp.log(s)
+  log_probs = (vals - lse[:, None]).astype(acc)
+  return log_probs.reshape(*lead, k), ids.reshape(*lead, k)

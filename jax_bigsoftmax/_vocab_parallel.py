@@ -47,10 +47,11 @@ def combine_row_stats(local: RowStats, offset, axis: str, aux: bool) -> RowStats
     return RowStats(lse, sums[1], sums[2], zero, zero, jnp.zeros(lse.shape, jnp.int32))
   pz = sums[3] / sums[0]
   # arg-max with jnp.argmax's semantics across shards: first NaN, else first max.
-  is_nan = jnp.isnan(local.best)
+  local_best = lax.stop_gradient(local.best)
+  is_nan = jnp.isnan(local_best)
   any_nan = lax.pmax(is_nan.astype(jnp.int32), axis) > 0
-  best = lax.pmax(jnp.where(is_nan, -jnp.inf, local.best), axis)
-  mine = jnp.where(any_nan, is_nan, local.best == best)
+  best = lax.pmax(jnp.where(is_nan, -jnp.inf, local_best), axis)
+  mine = jnp.where(any_nan, is_nan, local_best == best)
   big = jnp.iinfo(jnp.int32).max
   arg = lax.pmin(jnp.where(mine, local.arg + offset, big), axis)
   return RowStats(lse, sums[1], sums[2], pz, jnp.where(any_nan, jnp.nan, best), arg)
