@@ -1,12 +1,16 @@
-"""fwd+bwd of the exact output layer: linear_cross_entropy vs optax dense vs torch.
+"""fwd+bwd of the exact output layer: linear_cross_entropy vs jax-cce vs optax dense vs torch.
 
     python benchmarks/bench_exact.py            # N=4096, D=512, V in {32k, 128k}
     python benchmarks/bench_exact.py --quick    # small sizes, smoke test
 
-Contenders, alternated each round (medians reported):
-  ours   jax_bigsoftmax.linear_cross_entropy (chunked, custom_vjp), jit
-  dense  x @ W.T + b, optax.softmax_cross_entropy_with_integer_labels, jit
-  torch  F.linear + F.cross_entropy (torch venv, subprocess worker)
+Contenders, alternated each round (medians reported), no bias (jax-cce has none):
+  ours      jax_bigsoftmax.linear_cross_entropy (one-pass gradient), jit
+  ours+opt  the same with logit_softcap=30 and z_loss=1e-4
+  jax-cce   jax_cce.linear_cross_entropy (pip jax-cce, default chunk), jit
+  dense     x @ W.T, optax.softmax_cross_entropy_with_integer_labels, jit
+  torch     F.linear + F.cross_entropy (torch venv, subprocess worker)
+The machine's matmul peak is the best of a few [N, D] x [D, V] products timed
+alone; "% peak" counts the 3 products a dense step needs (6 N D V flops).
 Memory: XLA's compiled temporary allocation for the JAX programs (arguments and
 outputs excluded); peak RSS increase over the inputs for torch (includes its
 gradient buffers).
@@ -26,6 +30,16 @@ import optax  # noqa: E402
 import common  # noqa: E402
 import jax_bigsoftmax as jbs  # noqa: E402
 
+try:
+  import jax_cce  # noqa: E402  (pip install jax-cce)
+except ImportError:
+  jax_cce = None
+
+
+@jax.jit
+def matmul(x, w):
+  return x @ w.T
+
 
 def main():
   ap = argparse.ArgumentParser()
@@ -43,20 +57,26 @@ def main():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(v, d)) / np.sqrt(d), jnp.float32)
-    b = jnp.zeros((v,), jnp.float32)
     y = jnp.asarray(rng.integers(0, v, size=n), jnp.int32)
 
-    ours = jax.jit(jax.value_and_grad(
-        lambda x, w, b: jbs.linear_cross_entropy(x, w, y, b), argnums=(0, 1, 2)))
-    dense = jax.jit(jax.value_and_grad(
-        lambda x, w, b: optax.softmax_cross_entropy_with_integer_labels(
-            x @ w.T + b[None], y).mean(), argnums=(0, 1, 2)))
-    mem = {"ours": common.jax_temp_bytes(ours, x, w, b),
-           "dense": common.jax_temp_bytes(dense, x, w, b)}
-    la, lb = ours(x, w, b)[0], dense(x, w, b)[0]  # compile + warm up
-    assert abs(float(la) - float(lb)) < 1e-3 * abs(float(lb)), (la, lb)
-    contenders = {"ours": lambda: common.time_call(lambda: ours(x, w, b)),
-                  "dense": lambda: common.time_call(lambda: dense(x, w, b))}
+    grad = lambda f: jax.jit(jax.value_and_grad(f, argnums=(0, 1)))  # noqa: E731
+    fns = {
+        "ours": grad(lambda x, w: jbs.linear_cross_entropy(x, w, y)),
+        "ours+opt": grad(lambda x, w: jbs.linear_cross_entropy(x, w, y, logit_softcap=30.0,
+                                                               z_loss=1e-4)),
+        "dense": grad(lambda x, w: optax.softmax_cross_entropy_with_integer_labels(
+            x @ w.T, y).mean()),
+    }
+    if jax_cce is not None:
+      fns["jax-cce"] = grad(lambda x, w: jax_cce.linear_cross_entropy(x, w, y))
+    mem = {k: common.jax_temp_bytes(f, x, w) for k, f in fns.items()}
+    ref = float(fns["dense"](x, w)[0])
+    for k, f in fns.items():  # compile + warm up + agree
+      got = float(f(x, w)[0])
+      if k != "ours+opt":
+        assert abs(got - ref) < 1e-3 * abs(ref), (k, got, ref)
+    contenders = {k: (lambda f=f: common.time_call(lambda: f(x, w))) for k, f in fns.items()}
+    peak = max(2 * n * d * v / common.time_call(lambda: matmul(x, w)) for _ in range(3))
     worker = None
     py = None if args.no_torch else common.peer_python("torch")
     if py:
@@ -75,22 +95,23 @@ def main():
       mem["torch"] = int(torch_peak[0] * 2**20)
       torch_version = worker.version
       worker.close()
-    rows.append((v, med, mem))
-    print(f"V={v}: " + ", ".join(f"{k} {t*1e3:.0f} ms" for k, t in med.items()), flush=True)
+    rows.append((v, med, mem, peak))
+    print(f"V={v}: " + ", ".join(f"{k} {t*1e3:.0f} ms" for k, t in med.items())
+          + f"; matmul peak {peak / 1e9:.0f} GFLOP/s", flush=True)
 
+  names = [k for k in ("ours", "ours+opt", "jax-cce", "dense", "torch") if k in rows[0][1]]
   print()
-  print("| V | ours (ms) | optax dense (ms) | torch (ms) | ours / dense time | ours / torch time "
-        "| ours temp mem | dense temp mem | dense / ours mem | torch peak RSS increase |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
-  for v, med, mem in rows:
-    t = med.get("torch")
-    t_ms = "n/a" if t is None else f"{t * 1e3:,.0f}"
-    vs_torch = "n/a" if t is None else f"{med['ours'] / t:.2f}"
-    print(f"| {v:,} | {med['ours']*1e3:,.0f} | {med['dense']*1e3:,.0f} | "
-          f"{t_ms} | {med['ours']/med['dense']:.2f} | "
-          f"{vs_torch} | {common.fmt_bytes(mem['ours'])} | "
-          f"{common.fmt_bytes(mem['dense'])} | {mem['dense']/mem['ours']:.1f}x | "
-          f"{common.fmt_bytes(mem.get('torch'))} |")
+  print("| V | " + " | ".join(f"{k} (ms)" for k in names) + " | " +
+        " | ".join(f"{k} / ours" for k in names[1:]) +
+        " | ours % of matmul peak | ours temp mem | dense temp mem | dense / ours mem |")
+  print("|---" * (2 * len(names) + 4) + "|")
+  for v, med, mem, peak in rows:
+    ours = med["ours"]
+    print(f"| {v:,} | " + " | ".join(f"{med[k]*1e3:,.0f}" for k in names) + " | " +
+          " | ".join(f"{med[k] / ours:.2f}x" for k in names[1:]) +
+          f" | {100 * 6 * n * d * v / ours / peak:.0f}% | {common.fmt_bytes(mem['ours'])} | "
+          f"{common.fmt_bytes(mem['dense'])} | {mem['dense'] / mem['ours']:.1f}x |")
+  print(f"# jax-cce {'not installed' if jax_cce is None else 'installed'}")
   if "torch" in rows[0][1]:
     print(f"# torch {torch_version}; rounds={rounds} (alternated, medians)")
 

@@ -24,17 +24,16 @@ def setup(msg):
   g = np.random.default_rng(0)
   state["x"] = torch.tensor(g.normal(size=(n, d)).astype(np.float32), requires_grad=True)
   state["w"] = torch.tensor((g.normal(size=(v, d)) / np.sqrt(d)).astype(np.float32), requires_grad=True)
-  state["b"] = torch.zeros(v, requires_grad=True)
   state["y"] = torch.tensor(g.integers(0, v, size=n))
   state["base_rss"] = rss_mib()
   return {"version": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def step():
-  x, w, b, y = state["x"], state["w"], state["b"], state["y"]
-  for t in (x, w, b):
+  x, w, y = state["x"], state["w"], state["y"]
+  for t in (x, w):
     t.grad = None
-  loss = F.cross_entropy(F.linear(x, w, b), y)
+  loss = F.cross_entropy(F.linear(x, w), y)
   loss.backward()
   return loss.item()
 
