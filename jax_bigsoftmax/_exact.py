@@ -195,6 +195,10 @@ def _cross_entropy_prob(logits, targets, weight, reduction, label_smoothing):
   _checks.check_reduction(reduction)
   _checks.check_label_smoothing(label_smoothing)
   shape = tuple(jnp.shape(logits))
+  if tuple(jnp.shape(targets)) == shape[:-1]:
+    raise TypeError(
+        f"labels must be an integer array (or float class probabilities of shape {shape});"
+        f" got dtype {jnp.result_type(targets)} with shape {shape[:-1]}.")
   if tuple(jnp.shape(targets)) != shape:
     raise ValueError(
         f"targets of float dtype are class probabilities and must have the shape of logits"
