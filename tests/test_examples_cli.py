@@ -57,7 +57,7 @@ def run(cmd, env, cwd):
 
 
 def final_line(stdout):
-  lines = [l for l in stdout.splitlines() if l.startswith("final:")]
+  lines = [line for line in stdout.splitlines() if line.startswith("final:")]
   assert len(lines) == 1, stdout[-2000:]
   return lines[0].split(" (metrics")[0]
 
