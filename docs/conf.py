@@ -2,11 +2,13 @@
 
 Build: ``pip install -e ".[docs]" && python -m sphinx -W -b html docs docs/_build/html``.
 
-Every ``docs/*.md`` page is picked up by the glob in ``index.md``. The API
+Every ``docs/*.md`` page is in the index: the guide's pages in their order
+(``GUIDE``), any other page (found by a glob at build time) under "More topics". The API
 reference (``api/index.md``) lists every name of ``jax_bigsoftmax.__all__``
 (and of the public submodules) at build time, so a function added to the
 package appears without editing the docs.
 """
+import glob
 import importlib
 import inspect
 import os
@@ -114,10 +116,32 @@ _GROUPS = _public_names()
 _write_stubs(_GROUPS)
 
 
-def _append_api_tables(app, docname, source):
+_DOCS = os.path.dirname(os.path.abspath(__file__))
+# The guide's own order; every other docs/*.md joins the "More topics" toctree of index.md.
+GUIDE = ("getting_started", "exact", "hsigmoid", "adaptive", "sampled", "examples", "benchmarks")
+
+
+def _more_topics() -> str:
+  others = sorted(os.path.splitext(os.path.basename(p))[0]
+                  for p in glob.glob(os.path.join(_DOCS, "*.md")))
+  others = [d for d in others if d not in GUIDE and d != "index"]
+  if not others:
+    return ""
+  return "\n".join(["", "```{toctree}", ":maxdepth: 2", ":caption: More topics", "", *others,
+                    "```", ""])
+
+
+def _append_generated(app, docname, source):
   if docname == "api/index":
     source[0] += _api_tables(_GROUPS)
+  elif docname == "index":
+    source[0] = source[0].replace("<!-- more topics -->", _more_topics())
+
+
+def _reread_index(app, env, added, changed, removed):
+  return ["index"]  # a page added since the last build joins "More topics"
 
 
 def setup(app):
-  app.connect("source-read", _append_api_tables)
+  app.connect("source-read", _append_generated)
+  app.connect("env-get-outdated", _reread_index)
