@@ -248,7 +248,7 @@ class MetricsWriter:
       key = "loss" if name.endswith("loss") else "perplexity" if name.endswith("ppl") else name
       groups.setdefault(key, []).append(name)
     groups = {k: v for k, v in groups.items() if v}
-    ncols = min(3, len(groups))
+    ncols = 2 if len(groups) in (2, 4) else min(3, len(groups))
     nrows = math.ceil(len(groups) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.4 * nrows), squeeze=False)
     for ax in axes.flat[len(groups):]:
