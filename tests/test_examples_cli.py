@@ -146,3 +146,16 @@ def test_plot_is_a_grid_with_loss_and_perplexity_first(tmp_path):
   height, width = image.shape[:2]
   assert width <= 1400 and height >= 2 * 300  # 7 panels: 3 columns, 3 rows, not a strip
 
+
+
+def test_vae_ends_with_a_final_line(corpus_dir, env, tmp_path):
+  vae = os.path.join(ROOT, "examples", "vae", "main.py")
+  out = run([sys.executable, vae, f"--workdir={tmp_path / 'w'}", f"--config.data_dir={corpus_dir}",
+             "--config.head=full", "--config.batch_size=8", "--config.emb_dim=8",
+             "--config.hidden_dim=8", "--config.latent_dim=2", "--config.max_len=10",
+             "--config.num_train_steps=2", "--config.eval_every_steps=2",
+             "--config.eval_max_sentences=8", "--config.num_samples=1", "--config.num_devices=1"],
+            env, tmp_path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert re.search(r"^final: valid_elbo_ppl=[\d.]+ valid_recon=[\d.]+ valid_kl=[\d.]+ ",
+                   out.stdout.splitlines()[-1]), out.stdout[-2000:]
