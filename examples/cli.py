@@ -8,7 +8,7 @@
   keep their traceback.
 * ``--config=configs/x.py`` is looked up in the current directory, then in the
   repository, so the programs also run from another directory:
-  ``python path/to/repo/examples/lm/main.py --workdir=/tmp/lm``.
+  ``python path/to/repo/examples/lm/main.py --workdir=runs/lm``.
 * Ctrl-C / SIGTERM during training save a checkpoint (see
   ``examples.common.fit``); the program then exits with status 130.
 """
@@ -193,6 +193,11 @@ def run_training(train_and_evaluate: Callable, config, workdir: str):
     return train_and_evaluate(config, workdir)
   except common.Interrupted as e:
     print(str(e), flush=True)
+    sys.exit(EXIT_INTERRUPTED)
+  except KeyboardInterrupt:  # before the loop started, or a second Ctrl-C while saving
+    step = "before training started" if not common.TRAINING_STARTED.is_set() else "at once"
+    print(f"\naborted {step}; rerun the same command to resume from the last checkpoint",
+          flush=True)
     sys.exit(EXIT_INTERRUPTED)
   except common.WorkdirMismatch as e:
     fail(str(e))
