@@ -35,6 +35,7 @@ def test_readme_and_docs_have_examples():
     assert counts.get(page, 0) >= 1, (page, counts)
 
 
+@pytest.mark.slow  # a fresh interpreter compiling every block: ~5-60 s a page
 @pytest.mark.parametrize("page", [p for p in PAGES
                                   if python_blocks(open(os.path.join(ROOT, p)).read())])
 def test_python_blocks_run(page, tmp_path):
