@@ -78,8 +78,11 @@ def _stub(module_name, name):
     lines.append(f".. autoclass:: {name}")
     if methods:
       lines.append(f"   :members: {', '.join(methods)}")
-  else:
+  elif callable(obj):
     lines.append(f".. autofunction:: {name}")
+  else:  # a constant
+    lines.append(f".. autodata:: {name}")
+    lines.append("   :no-value:")
   return "\n".join(lines) + "\n"
 
 
