@@ -1,6 +1,6 @@
 """Adaptive softmax fwd+bwd: jax_bigsoftmax vs torch vs dense full softmax.
 
-  PYTHONPATH=. /work/venvs/dev/bin/python benchmarks/bench_adaptive.py [--quick]
+  PYTHONPATH=. python benchmarks/bench_adaptive.py [--quick]   # torch from .peers/torch
 
 One training step (loss and gradients w.r.t. the input and every weight) at
 N=4096 tokens, D=512, Zipf(1.0) targets, for
@@ -35,7 +35,6 @@ import common  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
 from common import time_jax  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TORCH_PY = os.environ.get("TORCH_PYTHON", "/work/venvs/torch/bin/python")
 
 CONFIGS = [
     # (name, V, cutoffs)
@@ -161,12 +160,13 @@ def bench_one(name, v, cutoffs, n, d, rounds, args):
   # head-only runs cannot change the allocator state the full steps see.
   workers = {}
   if not args.no_torch:
+    torch_py = os.environ.get("TORCH_PYTHON") or common.require_peer("torch")
     tmp = tempfile.NamedTemporaryFile(suffix=".npz", delete=False)
     np.savez(tmp, x=x, y=y, cutoffs=np.array(cutoffs), n_classes=v, div_value=4.0)
     tmp.close()
     for key in ("torch", "torch_head"):
       workers[key] = subprocess.Popen(
-          [TORCH_PY, os.path.join(HERE, "_adaptive_torch_worker.py")],
+          [torch_py, os.path.join(HERE, "_adaptive_torch_worker.py")],
           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
       workers[key].stdin.write(f"setup {tmp.name}\n")
       workers[key].stdin.flush()

@@ -1,6 +1,6 @@
 """Sampled softmax fwd+bwd: jax_bigsoftmax vs tf.nn.sampled_softmax_loss vs dense softmax.
 
-  PYTHONPATH=. /work/venvs/dev/bin/python benchmarks/bench_sampled.py [--quick]
+  PYTHONPATH=. python benchmarks/bench_sampled.py [--quick]   # TF from .peers/tf
 
 One training step = mean loss + gradients w.r.t. weights [V, D], biases [V]
 and inputs [N, D], sampling S log-uniform negatives (unique) inside the step.
@@ -32,7 +32,6 @@ import common  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
 from common import time_jax  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TF_PY = "/work/venvs/tf/bin/python"
 DENSE_LIMIT_BYTES = 6 * 2**30  # logits + their gradient + softmax must fit
 
 
@@ -74,7 +73,7 @@ def dense_step(w, b, x, y):
 class TFWorker:
   def __init__(self, n, d, v, s):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    self.p = subprocess.Popen([TF_PY, os.path.join(HERE, "_bench_sampled_tf_worker.py"),
+    self.p = subprocess.Popen([common.require_peer("tf"), os.path.join(HERE, "_bench_sampled_tf_worker.py"),
                                str(n), str(d), str(v), str(s)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=env)
     line = self.p.stdout.readline()
@@ -93,8 +92,11 @@ class TFWorker:
 
 
 def tf_version():
+  py = common.peer_python("tf")
+  if py is None:
+    return "unavailable"
   try:
-    return subprocess.run([TF_PY, "-c", "import tensorflow as tf; print(tf.__version__)"],
+    return subprocess.run([py, "-c", "import tensorflow as tf; print(tf.__version__)"],
                           capture_output=True, text=True, env=dict(
                               os.environ, TF_CPP_MIN_LOG_LEVEL="3")).stdout.strip()
   except OSError:

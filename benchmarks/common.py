@@ -18,14 +18,30 @@ import time
 from collections.abc import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VENVS = os.environ.get("BIGSOFTMAX_VENVS", "/work/venvs")
+ROOT = os.path.dirname(HERE)
+# Peer frameworks live in their own virtual environments, made by
+# `bash benchmarks/setup_peers.sh` under <repo>/.peers/{torch,paddle,tf,cce}.
+VENVS = os.environ.get("BIGSOFTMAX_VENVS", os.path.join(ROOT, ".peers"))
 
 
 def peer_python(framework: str) -> str | None:
-  """The interpreter for a peer framework: $BIGSOFTMAX_<NAME>_PYTHON or <VENVS>/<name>/bin/python."""
+  """The interpreter of a peer framework, or None when it is not set up.
+
+  Looks at ``$BIGSOFTMAX_<NAME>_PYTHON`` first, then ``<VENVS>/<name>/bin/python``
+  (``VENVS`` is ``$BIGSOFTMAX_VENVS`` or the repository's ``.peers/``).
+  """
   env = os.environ.get(f"BIGSOFTMAX_{framework.upper()}_PYTHON")
   path = env or os.path.join(VENVS, framework, "bin", "python")
   return path if os.path.exists(path) else None
+
+
+def require_peer(framework: str) -> str:
+  """Like ``peer_python`` but exits with a one-line hint when the peer is missing."""
+  path = peer_python(framework)
+  if path is None:
+    sys.exit(f"no {framework} interpreter: run `bash benchmarks/setup_peers.sh {framework}` "
+             f"(or set BIGSOFTMAX_{framework.upper()}_PYTHON), or pass --no-{framework}")
+  return path
 
 
 def machine_description() -> str:

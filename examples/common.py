@@ -6,9 +6,12 @@ training loop with its progress bar and NaN/inf check.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -34,7 +37,9 @@ def check_config(config, schema: Mapping[str, tuple[type | tuple, Callable[[Any]
   keys = set(config.keys())
   unknown = sorted(keys - set(schema))
   if unknown:
-    raise ValueError(f"unknown config key(s) {unknown}; valid keys are {sorted(schema)}")
+    hints = [difflib.get_close_matches(k, list(schema), n=1) for k in unknown]
+    hint = "".join(f" (did you mean {h[0]!r}?)" for h in hints if h) if len(unknown) == 1 else ""
+    raise ValueError(f"unknown config key(s) {unknown}{hint}; valid keys are {sorted(schema)}")
   missing = sorted(set(schema) - keys)
   if missing:
     raise ValueError(f"config is missing key(s) {missing}")
@@ -154,6 +159,51 @@ class Checkpointer:
     self._mgr.close()
 
 
+# ------------------------------------------------- the run's config in the workdir
+
+# Fields that may change between a run and its resumption: loop length, logging,
+# evaluation size and device layout. Any other change makes the checkpoint another model.
+RESUMABLE_FIELDS = frozenset({
+    "num_train_steps", "eval_every_steps", "log_every_steps", "checkpoint_every_steps",
+    "eval_max_tokens", "eval_max_sentences", "num_samples", "num_devices", "mesh_shape"})
+
+
+class WorkdirMismatch(ValueError):
+  """The workdir holds a run of an incompatible config (reported in one line)."""
+
+
+def _plain(config) -> dict:
+  """JSON-comparable dict of a ConfigDict (tuples become lists)."""
+  data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  return json.loads(json.dumps(data, default=str))
+
+
+def check_workdir_config(config, workdir: str):
+  """Raises ``WorkdirMismatch`` if ``workdir/config.json`` differs in a non-resumable field."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  now = _plain(config)
+  changed = sorted(k for k in set(saved) | set(now)
+                   if k not in RESUMABLE_FIELDS and saved.get(k) != now.get(k))
+  if changed:
+    diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
+    more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+    raise WorkdirMismatch(
+        f"{workdir} holds a checkpoint of another config ({diffs}{more}); use another --workdir, "
+        "or delete it to start over")
+
+
+def save_workdir_config(config, workdir: str):
+  """Writes the run's config to ``workdir/config.json`` (process 0)."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(_plain(config), f, indent=1, sort_keys=True)
+      f.write("\n")
+
+
 # ------------------------------------------------------------------ metrics
 
 
@@ -184,27 +234,43 @@ class MetricsWriter:
         f.write(json.dumps(record) + "\n")
 
   def plot(self, title: str = ""):
-    """Writes ``metrics.png``: every metric against the step, one panel each."""
+    """Writes ``metrics.png``: a grid of panels, loss and perplexity first, one metric group each."""
     if jax.process_index() != 0 or not self.records:
       return None
     import matplotlib  # examples extra
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
     names = sorted({k for r in self.records for k in r} - {"step"})
     # One panel for every *_loss, one for every *_ppl, one per other metric.
-    groups = {}
+    groups = {"loss": [], "perplexity": []}
     for name in names:
       key = "loss" if name.endswith("loss") else "perplexity" if name.endswith("ppl") else name
       groups.setdefault(key, []).append(name)
-    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.2), squeeze=False)
-    for ax, (key, members) in zip(axes[0], groups.items()):
+    groups = {k: v for k, v in groups.items() if v}
+    ncols = 2 if len(groups) in (2, 4) else min(3, len(groups))
+    nrows = math.ceil(len(groups) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(groups):]:
+      ax.set_visible(False)
+    for ax, (key, members) in zip(axes.flat, groups.items()):
+      values = []
       for name in members:
-        pts = [(r["step"], r[name]) for r in self.records if name in r]
-        ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=name)
+        pts = [(r["step"], r[name]) for r in self.records if name in r and math.isfinite(r[name])]
+        if pts:
+          ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=name)
+          values += [v for _, v in pts]
       ax.set_xlabel("step")
       ax.set_title(key)
-      if key == "perplexity":
-        ax.set_yscale("log")
+      positive = [v for v in values if v > 0]
+      if key == "perplexity" and positive and max(positive) / min(positive) > 20:
+        ax.set_yscale("log")  # plain numbers at 1-2-5 steps, not 10^x
+        ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+      else:
+        ax.yaxis.set_major_locator(ticker.MaxNLocator(nbins=6))
+      ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=6, integer=True))
       if len(members) > 1 or key != members[0]:
         ax.legend(fontsize="small")
       ax.grid(alpha=0.3)
@@ -217,6 +283,45 @@ class MetricsWriter:
 
 
 # --------------------------------------------------------------- the loop
+
+
+class Interrupted(Exception):
+  """Raised by ``fit`` after SIGINT/SIGTERM once the current step is checkpointed."""
+
+  def __init__(self, step: int, signum: int):
+    super().__init__(f"interrupted at step {step}; rerun the same command to resume")
+    self.step, self.signum = step, signum
+
+
+# Set by ``fit`` when the first training step starts: errors before it are setup mistakes.
+TRAINING_STARTED = threading.Event()
+
+
+class _StopRequests:
+  """Turns SIGINT/SIGTERM into a flag the loop checks between steps (main thread only).
+
+  A second Ctrl-C while the checkpoint is being written aborts at once.
+  """
+
+  def __init__(self):
+    self.signum = None
+    self._old = {}
+
+  def _handle(self, signum, frame):
+    self.signum = signum
+    signal.signal(signum, self._old.get(signum, signal.SIG_DFL))  # a second signal: the default
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        self._old[sig] = signal.getsignal(sig)
+        signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._old.items():
+      signal.signal(sig, handler)
+    return False
 
 
 def check_finite(loss: float, step: int):
@@ -255,7 +360,14 @@ def fit(*, config, workdir: str, state, train_step: Callable, get_batch: Callabl
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
   start = ckpt.latest_step() or 0
   if start:
-    state = ckpt.restore(start, state)
+    check_workdir_config(config, workdir)
+    try:
+      state = ckpt.restore(start, state)
+    except (ValueError, KeyError, TypeError) as e:  # orbax: another tree or shapes
+      raise WorkdirMismatch(
+          f"the checkpoint at step {start} in {workdir} does not fit this config's model "
+          f"({type(e).__name__}); use another --workdir, or delete it to start over") from e
+  save_workdir_config(config, workdir)
   writer = MetricsWriter(workdir, start_step=start)
   total = config.num_train_steps
   bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True,
@@ -264,8 +376,15 @@ def fit(*, config, workdir: str, state, train_step: Callable, get_batch: Callabl
     bar.write(f"resumed from checkpoint at step {start}")
   tokens, loss_sum, n_loss, t0 = 0, 0.0, 0, time.perf_counter()
   paused = 0.0  # evaluation and checkpoint time, left out of tokens/s
+  stop = _StopRequests()
+  TRAINING_STARTED.set()
   try:
+    stop.__enter__()
     for step in range(start, total):
+      if stop.signum is not None:  # Ctrl-C / SIGTERM: save this step, then stop
+        if step > start and ckpt.latest_step() != step:
+          ckpt.save(step, state)
+        raise Interrupted(step, stop.signum)
       batch, num_tokens = get_batch(step)
       state, metrics = train_step(state, put_global_batch(batch, mesh))
       loss = float(metrics["loss"])
@@ -294,6 +413,7 @@ def fit(*, config, workdir: str, state, train_step: Callable, get_batch: Callabl
         ckpt.save(done, state)
       paused += time.perf_counter() - t_pause
   finally:
+    stop.__exit__()
     bar.close()
     ckpt.close()
   return state, writer.records

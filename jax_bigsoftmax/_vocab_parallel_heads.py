@@ -85,9 +85,9 @@ def vocab_parallel_sampled_softmax_loss(
     biases: ``[V]`` (sharded like ``weights``) or None.
     labels: ``[..., num_true]`` int target classes.
     inputs: ``[..., D]``; rows split over ``data_axis`` when given.
-    num_sampled, num_classes, num_true, sampled_values, remove_accidental_hits,
-      key: as in :func:`sampled_softmax_loss` (the sampler runs once, outside
-      the shard_map, so every shard uses the same samples).
+    num_sampled, num_classes, num_true, sampled_values, remove_accidental_hits, key: as
+      in :func:`sampled_softmax_loss` (the sampler runs once, outside the shard_map,
+      so every shard uses the same samples).
     mesh: the ``jax.sharding.Mesh``.
     vocab_axis: mesh axis splitting the vocabulary.
     data_axis: optional mesh axis splitting the rows (2-D data x vocab mesh);

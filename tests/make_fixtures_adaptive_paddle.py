@@ -1,6 +1,6 @@
 """Writes tests/fixtures/adaptive_paddle.npz from Paddle's adaptive softmax.
 
-Run with the paddle venv:  /work/venvs/paddle/bin/python tests/make_fixtures_adaptive_paddle.py
+Run with the paddle venv:  .peers/paddle/bin/python tests/make_fixtures_adaptive_paddle.py
 
 Cases:
   doc_functional: the Examples block of paddle.nn.functional.

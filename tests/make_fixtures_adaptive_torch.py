@@ -1,6 +1,6 @@
 """Writes tests/fixtures/adaptive_torch.npz from torch.nn.AdaptiveLogSoftmaxWithLoss.
 
-Run with the torch venv:  /work/venvs/torch/bin/python tests/make_fixtures_adaptive_torch.py
+Run with the torch venv:  .peers/torch/bin/python tests/make_fixtures_adaptive_torch.py
 
 Each case stores (under "<case>/<name>"): the config, the module's state dict
 (torch layout), input x, target y, torch's output, loss, log_prob, predict and

@@ -1,7 +1,7 @@
 """Generates tests/fixtures/exact_torch.npz with torch itself.
 
-Run with a Python that has torch (2.13.0 CPU used for the committed file):
-    python tests/make_fixtures_exact_torch.py
+Run with the torch venv (2.13.0 CPU made the committed file; `bash benchmarks/setup_peers.sh torch`):
+    .peers/torch/bin/python tests/make_fixtures_exact_torch.py
 Each case stores the inputs in our layout (class axis LAST), the options as
 JSON, torch's loss and torch's gradients. The tests never import torch.
 """

@@ -2,7 +2,7 @@
 
 Run with the Paddle venv (imports paddle, never jax):
 
-  /work/venvs/paddle/bin/python tests/make_fixtures_hsigmoid_paddle.py
+  .peers/paddle/bin/python tests/make_fixtures_hsigmoid_paddle.py
 
 Each case stores the inputs (x, label, weight, optional bias, optional
 per-example path_table/path_code), the upstream cotangent ``g`` and Paddle's

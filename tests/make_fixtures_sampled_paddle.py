@@ -2,7 +2,7 @@
 with use_customized_samples=True, computed by Paddle itself.
 
 Run with the Paddle venv (deterministic seeds):
-  /work/venvs/paddle/bin/python tests/make_fixtures_sampled_paddle.py
+  .peers/paddle/bin/python tests/make_fixtures_sampled_paddle.py
 
 Paddle 3.x no longer ships the ``sample_logits`` op behind
 ``fluid.layers.sampled_softmax_with_cross_entropy`` (removed with ``fluid``), so

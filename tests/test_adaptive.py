@@ -193,9 +193,9 @@ def test_any_capacity_is_exact(capacity):
 
   rng = np.random.default_rng(1)
   for ys in (y, rng.integers(20, 60, 53), y % 5):  # mixed / all in tail 1 / head only
-    (out, loss), g = f(x, ys, head, tails, b)
+    (out, total), g = f(x, ys, head, tails, b)
     np.testing.assert_allclose(out, _naive(x, ys, head, tails, bounds, b), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(loss, -out.mean(), rtol=1e-6)
+    np.testing.assert_allclose(total, -out.mean(), rtol=1e-6)
     g_ref = _dense_loss_grad(x, ys, head, tails, b, tuple(bounds))
     for a, r in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
       np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-6)

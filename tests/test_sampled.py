@@ -35,7 +35,7 @@ def _tf_loss(c, **kw):
 def _naive_tf(c):
   """Independent NumPy loop of TF's sampled softmax (float64)."""
   w, b, x = (c[k].astype(np.float64) for k in ("weights", "biases", "inputs"))
-  labels, sampled, t = c["labels"], c["sampled"], int(c["num_true"])
+  labels, sampled = c["labels"], c["sampled"]
   out = []
   for i in range(x.shape[0]):
     zt = [x[i] @ w[y] + b[y] - np.log(c["true_ec"][i, j]) for j, y in enumerate(labels[i])]

@@ -19,12 +19,12 @@ import platform
 import time
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+
+from examples import cli
 
 _DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "lm_lstm.py")
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", os.path.normpath(_DEFAULT), "Base LM config.",
-                                lock_config=True)
+cli.define_config_flag(os.path.normpath(_DEFAULT), "Base LM config.")
 flags.DEFINE_float("budget_s", 120.0, "Training seconds per head (compilation excluded).")
 flags.DEFINE_integer("slices", 6, "Round-robin slices the budget is cut into.")
 flags.DEFINE_list("heads", ["full", "adaptive", "hsigmoid", "hsigmoid/huffman", "sampled"],
@@ -165,4 +165,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser(os.path.normpath(_DEFAULT), doc=__doc__))

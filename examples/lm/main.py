@@ -1,6 +1,7 @@
 r"""Trains a word-level language model with a jax_bigsoftmax output layer.
 
-Usage (from the repository root)::
+Usage (from the repository root, or ``python path/to/examples/lm/main.py`` from anywhere;
+``--help`` lists every config field)::
 
   python -m examples.lm.main --workdir=runs/lm
   python -m examples.lm.main --config=configs/lm_transformer.py --workdir=runs/tf \
@@ -12,15 +13,19 @@ SLURM; elsewhere pass ``--coordinator_address``, ``--num_processes`` and
 ``--process_id``). ``batch_size`` is the global batch over all hosts.
 """
 import os
+import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+if not __package__:  # run as a file (python path/to/examples/lm/main.py): find the repository
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from absl import app, flags, logging  # noqa: E402
+
+from examples import cli  # noqa: E402
 
 _DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "lm_lstm.py")
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/lm", "Checkpoints, metrics.jsonl and metrics.png go here.")
-config_flags.DEFINE_config_file("config", os.path.normpath(_DEFAULT), "Experiment config file.",
-                                lock_config=True)
+cli.define_config_flag(os.path.normpath(_DEFAULT), "Experiment config file.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --distributed).")
@@ -28,15 +33,14 @@ flags.DEFINE_integer("process_id", None, "This process's id (with --distributed)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv  # checked by cli.flags_parser
   logging.set_verbosity(logging.WARNING)  # keep orbax's INFO lines off the progress bar
   import jax
   if FLAGS.distributed:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from examples.lm import train
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  cli.run_training(train.train_and_evaluate, FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser(os.path.normpath(_DEFAULT), doc=__doc__))

@@ -181,8 +181,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
       f.write("\n".join(samples) + "\n")
     print("greedy samples from z ~ N(0, I):\n" + "\n".join(f"  {s}" for s in samples), flush=True)
   final = [r for r in records if "valid_elbo_ppl" in r]
-  return {"valid_elbo_ppl": final[-1]["valid_elbo_ppl"] if final else evaluate(state)["valid_elbo_ppl"],
-          "samples": samples, "records": records, "num_params": num_params, "state": state}
+  final = final[-1] if final else evaluate(state)
+  if jax.process_index() == 0:
+    print(f"final: valid_elbo_ppl={final['valid_elbo_ppl']:.2f} "
+          f"valid_recon={final['valid_recon']:.3f} valid_kl={final['valid_kl']:.3f} "
+          f"(metrics: {os.path.join(workdir, 'metrics.jsonl')}, plot: "
+          f"{os.path.join(workdir, 'metrics.png')})", flush=True)
+  return {"valid_elbo_ppl": final["valid_elbo_ppl"], "samples": samples, "records": records,
+          "num_params": num_params, "state": state}
 
 
 def sample_sentences(model, params, vocab, config) -> list[str]:
