@@ -105,16 +105,20 @@ def _logits(x, weight, bias, start, size, softcap):
   return z
 
 
-def _dlogits(z, lse, cols, labels, g, class_weight_c, softcap):
+def _softmax(z, lse):
+  lse = jnp.where(lse == -jnp.inf, 0.0, lse)  # a row that is -inf here: softmax part 0
+  return jnp.exp(z - lse[:, None])
+
+
+def _dlogits(p, z, cols, labels, g, class_weight_c, softcap):
   """d(row objective)/d(raw logits) for one block of columns.
 
-  The objective's cotangents ``g = (g_lse, g_zy, g_zw)`` per row give
-  ``dz = g_lse * softmax(z) + g_zy * onehot(label) + g_zw * cw``, then the
-  softcap's chain rule ``1 - (z / softcap)**2``.
+  With the softmax part ``p`` of these columns and the objective's cotangents
+  ``g = (g_lse, g_zy, g_zw)`` per row, ``dz = g_lse * p + g_zy * onehot(label)
+  + g_zw * cw``, then the softcap's chain rule ``1 - (z / softcap)**2``.
   """
   g_lse, g_zy, g_zw = g
-  lse = jnp.where(lse == -jnp.inf, 0.0, lse)  # a row that is -inf here: softmax part 0
-  dz = jnp.exp(z - lse[:, None]) * g_lse[:, None]
+  dz = p * g_lse[:, None]
   dz = dz + jnp.where(cols[None, :] == labels[:, None], g_zy[:, None], 0.0)
   if class_weight_c is not None:
     dz = dz + g_zw[:, None] * class_weight_c[None, :]
@@ -216,7 +220,8 @@ def _linear_stats_bwd(opts, res, cts):
     z = _logits(x_safe, weight, bias, start, size, opts.softcap)
     cols = start + jnp.arange(size, dtype=labels.dtype)
     cw = _cw_slice(class_weight, start, size, opts.smooth, acc)
-    dz = jnp.where(keep[:, None], _dlogits(z, lse, cols, labels, g, cw, opts.softcap), 0.0)
+    dz = _dlogits(_softmax(z, lse), z, cols, labels, g, cw, opts.softcap)
+    dz = jnp.where(keep[:, None], dz, 0.0)
     return _accumulate(dx, dw, db, dz, x_safe, weight, start, size, acc)
 
   init = (jnp.zeros(x.shape, acc), jnp.zeros_like(weight),
@@ -247,8 +252,9 @@ linear_stats.defvjp(_linear_stats_fwd, _linear_stats_bwd)
 
 # --- the one-pass gradient (reduced losses) ---------------------------------------
 
-def _block_stats(z, labels, cols, cw, opts: Opts) -> RowStats:
-  """RowStats of a block holding whole rows of logits (``z`` ``[r, V]``)."""
+def _block_stats(z, labels, cols, cw, opts: Opts) -> tuple[RowStats, jax.Array]:
+  """RowStats of a block holding whole rows of logits (``z`` ``[r, V]``), and
+  the block's softmax."""
   m = jnp.max(z, axis=1)
   m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
   e = jnp.exp(z - m_safe[:, None])
@@ -262,7 +268,7 @@ def _block_stats(z, labels, cols, cw, opts: Opts) -> RowStats:
     best = jnp.take_along_axis(z, arg[:, None], axis=1)[:, 0]
   else:
     pz, best, arg = jnp.zeros_like(lse), jnp.zeros_like(lse), jnp.zeros(lse.shape, jnp.int32)
-  return RowStats(lse, zy, zw, pz, best, arg)
+  return RowStats(lse, zy, zw, pz, best, arg), e * (1.0 / s)[:, None]
 
 
 def _fused_forward(opts, row_loss, x, weight, bias, labels, class_weight, row_args, keep):
@@ -279,10 +285,10 @@ def _fused_forward(opts, row_loss, x, weight, bias, labels, class_weight, row_ar
     x_b, y_b, k_b = rows(x), rows(labels), rows(keep)
     args_b = jax.tree.map(rows, row_args)
     z = _logits(x_b, weight, bias, 0, vocab, opts.softcap)
-    st = _block_stats(z, y_b, cols, cw, opts)
+    st, p = _block_stats(z, y_b, cols, cw, opts)
     loss_b, vjp = jax.vjp(lambda lse, zy, zw: row_loss(lse, zy, zw, args_b), st.lse, st.zy, st.zw)
     g = tuple(jnp.where(k_b, t, 0.0) for t in vjp(jnp.ones_like(loss_b)))
-    dz = jnp.where(k_b[:, None], _dlogits(z, st.lse, cols, y_b, g, cw, opts.softcap), 0.0)
+    dz = jnp.where(k_b[:, None], _dlogits(p, z, cols, y_b, g, cw, opts.softcap), 0.0)
     x_safe = jnp.where(k_b[:, None], x_b, jnp.zeros((), x.dtype))
     dx_b = jnp.dot(dz.astype(weight.dtype), weight, preferred_element_type=acc)
     dx = lax.dynamic_update_slice_in_dim(dx, dx_b.astype(dx.dtype), start, axis=0)
