@@ -54,10 +54,11 @@ def _last_occurrence(sampled_S: jax.Array) -> jax.Array:
 
 def _hits_mask(labels_xT: jax.Array, sampled_S: jax.Array) -> jax.Array:
   """``[..., S]`` True where TF's ``compute_accidental_hits`` reports (row, s)."""
+  as_row = lambda v: v.reshape((1,) * (labels_xT.ndim - 1) + (-1,))  # noqa: E731
   hit = jnp.zeros(labels_xT.shape[:-1] + sampled_S.shape, bool)
   for t in range(labels_xT.shape[-1]):
-    hit |= labels_xT[..., t, None] == sampled_S
-  return hit & _last_occurrence(sampled_S)
+    hit |= labels_xT[..., t, None] == as_row(sampled_S)
+  return hit & as_row(_last_occurrence(sampled_S))
 
 
 def _soft_label_ce(true_NxT: jax.Array, neg_NxS: jax.Array) -> jax.Array:
