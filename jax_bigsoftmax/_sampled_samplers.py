@@ -219,7 +219,7 @@ def _unique_by_rejection(key, draw, num_sampled: int, batch: int, id_dtype) -> j
     first = jnp.concatenate([jnp.ones((1,), bool), sv[1:] != sv[:-1]]) & svalid
     keep = jnp.zeros((width,), bool).at[order].set(first)
     take = jnp.argsort(jnp.where(keep, pos, width), stable=True)[:s_]
-    count = jnp.minimum(jnp.sum(keep), s_)
+    count = jnp.minimum(jnp.sum(keep, dtype=jnp.int32), s_)
     found = jnp.where(jnp.arange(s_) < count, vals[take], 0).astype(id_dtype)
     return key, found, count
 
