@@ -127,10 +127,10 @@ def _num_rows(shards) -> int:
 
 
 def prepare_sampled_args(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
-                         sampled_values, remove_accidental_hits, key):
+                         sampled_values, remove_accidental_hits, key, *, allow_shards=False):
   """Validates ``sampled_softmax_loss``'s arguments; draws the samples if not given.
 
-  ``weights`` / ``biases`` may be arrays or lists of row shards.
+  ``weights`` / ``biases`` may be lists of row shards when ``allow_shards``.
 
   Returns ``(V, D, sampled [S], true_expected_count [..., T], sampled_expected_count [S])``.
   """
@@ -138,6 +138,9 @@ def prepare_sampled_args(weights, biases, labels, inputs, num_sampled, num_class
   _check_count("num_classes", num_classes, 2)
   _check_count("num_true", num_true)
   _check_bool("remove_accidental_hits", remove_accidental_hits)
+  if not allow_shards and any(isinstance(a, (list, tuple)) for a in (weights, biases)):
+    raise TypeError("weights and biases must be arrays here (lists of shards are accepted by"
+                    " sampled_softmax_loss, nce_loss and compute_sampled_logits).")
   w_shards = _shards("weights", weights, 2)
   _checks.check_floating("inputs", inputs)
   _checks.check_integer("labels", labels)
@@ -272,7 +275,7 @@ def _sampled_logits(weights, biases, labels, inputs, num_sampled, num_classes, n
   _check_bool("subtract_log_q", subtract_log_q)
   _, _, sampled, true_ec, sampled_ec = prepare_sampled_args(
       weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-      remove_accidental_hits, key)
+      remove_accidental_hits, key, allow_shards=True)
   lab = jnp.asarray(labels)
   rows = _gather_rows(weights, biases, lab, sampled)
   true_logits, sampled_logits = _logits_from_rows(
