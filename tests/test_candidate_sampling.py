@@ -305,6 +305,14 @@ def test_huge_range_needs_x64_and_rate_approximation():
     s, _, _ = jbs.uniform_candidate_sampler(jax.random.key(0), np.array([[1]]), 1, 4, True,
                                             2**31 - 1)
     assert s.dtype == jnp.int32 and int(s.min()) >= 0
+  with jax.enable_x64(True):  # unique=False: TF's inverse CDF in float64 reaches every magnitude
+    ids, _, sq = jbs.log_uniform_candidate_sampler(jax.random.key(1), np.array([[1]]), 1, 4000,
+                                                   False, 2**33)
+    ids = np.asarray(ids)
+  assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < 2**33
+  frac = np.mean(ids >= 2**31)  # P(id >= 2**31) = 1 - log(2**31 + 1) / log(2**33 + 1)
+  expect = 1 - np.log1p(2.0**31) / np.log1p(2.0**33)
+  assert abs(frac - expect) < 5 * np.sqrt(expect * (1 - expect) / 4000)
   # Tail integral of the inclusion sum against the exact float64 sum (range 2**22).
   v, t = 2**22, 3000.0
   k = np.arange(v, dtype=np.float64)
