@@ -1,7 +1,7 @@
 """Makes tests/fixtures/sampled_tf.npz with TensorFlow's own sampled softmax.
 
 Run with the TensorFlow venv (deterministic seeds):
-  /work/venvs/tf/bin/python tests/make_fixtures_sampled_tf.py
+  path/to/tf-venv/bin/python tests/make_fixtures_sampled_tf.py
 
 Each case stores the inputs, TF's sampled_values, the per-example losses of
 tf.nn.sampled_softmax_loss and the gradients of sum(loss * cot) w.r.t. inputs,
