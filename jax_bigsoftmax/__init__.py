@@ -35,13 +35,18 @@ from jax_bigsoftmax._adaptive_head import AdaptiveLogSoftmaxWithLoss
 from jax_bigsoftmax._adaptive_head import ASMOutput
 
 # --- sampled softmax (issue 5) ---
+from jax_bigsoftmax._nce_head import NCELoss
 from jax_bigsoftmax._sampled import SampledRows
+from jax_bigsoftmax._sampled import compute_accidental_hits
+from jax_bigsoftmax._sampled import compute_sampled_logits
 from jax_bigsoftmax._sampled import gather_sampled_rows
+from jax_bigsoftmax._sampled import nce_loss
 from jax_bigsoftmax._sampled import sampled_softmax_loss
 from jax_bigsoftmax._sampled import sampled_softmax_loss_from_rows
 from jax_bigsoftmax._sampled import sampled_softmax_with_cross_entropy
 from jax_bigsoftmax._sampled import scatter_add_sampled_rows
 from jax_bigsoftmax._sampled_head import SampledSoftmaxLoss
+from jax_bigsoftmax._sampled_samplers import all_candidate_sampler
 from jax_bigsoftmax._sampled_samplers import fixed_unigram_candidate_sampler
 from jax_bigsoftmax._sampled_samplers import log_uniform_candidate_sampler
 from jax_bigsoftmax._sampled_samplers import uniform_candidate_sampler
@@ -80,11 +85,16 @@ __all__ = (
     "AdaptiveLogSoftmaxWithLoss",
     "ASMOutput",
     # sampled
+    "NCELoss",
     "SampledRows",
     "SampledSoftmaxLoss",
+    "all_candidate_sampler",
+    "compute_accidental_hits",
+    "compute_sampled_logits",
     "fixed_unigram_candidate_sampler",
     "gather_sampled_rows",
     "log_uniform_candidate_sampler",
+    "nce_loss",
     "sampled_softmax_loss",
     "sampled_softmax_loss_from_rows",
     "sampled_softmax_with_cross_entropy",

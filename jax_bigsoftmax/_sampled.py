@@ -1,5 +1,6 @@
-"""Sampled softmax losses: TensorFlow's ``sampled_softmax_loss`` and Paddle's
-``sampled_softmax_with_cross_entropy`` (Jean et al. 2014).
+"""Candidate-sampling losses: TensorFlow's ``sampled_softmax_loss``, ``nce_loss``,
+``compute_sampled_logits`` and ``compute_accidental_hits``, and Paddle's
+``sampled_softmax_with_cross_entropy`` (Jean et al. 2014; Gutmann & Hyvarinen 2010).
 
 Both score the T true classes and S sampled negatives shared by the batch,
 subtract ``log Q`` (the expected count of each class in the sample), optionally
@@ -9,7 +10,11 @@ take the soft-label cross-entropy with weight ``1/T`` on every target::
   z_j  = logit(c_j) - log Q(c_j)          c = [targets (T), samples (S)]
   loss = logsumexp_j(z_j) - (1/T) sum_{t<T} z_t
 
-Out-of-range labels/samples yield NaN (eagerly, and under ``checked``, a
+NCE takes the sigmoid cross-entropy of the same logits instead (labels ``1/T``
+on the targets, 0 on the samples); both TF losses are built on one
+``_sampled_logits_from_rows``. ``weights``/``biases`` may be lists of row
+shards (TF's ``partition_strategy="div"``): rows are gathered from the shard
+that holds them. Out-of-range labels/samples yield NaN (eagerly, and under ``checked``, a
 ValueError / checkify error instead).
 """
 from __future__ import annotations
@@ -47,16 +52,34 @@ def _last_occurrence(sampled_S: jax.Array) -> jax.Array:
   return jnp.zeros(sampled_S.shape, bool).at[order].set(last_sorted)
 
 
+def _hits_mask(labels_xT: jax.Array, sampled_S: jax.Array) -> jax.Array:
+  """``[..., S]`` True where TF's ``compute_accidental_hits`` reports (row, s)."""
+  as_row = lambda v: v.reshape((1,) * (labels_xT.ndim - 1) + (-1,))  # noqa: E731
+  hit = jnp.zeros(labels_xT.shape[:-1] + sampled_S.shape, bool)
+  for t in range(labels_xT.shape[-1]):
+    hit |= labels_xT[..., t, None] == as_row(sampled_S)
+  return hit & as_row(_last_occurrence(sampled_S))
+
+
 def _soft_label_ce(true_NxT: jax.Array, neg_NxS: jax.Array) -> jax.Array:
   """logsumexp([true, neg]) - mean(true) along the last axis, without a concat."""
   lse = jnp.logaddexp(jax.nn.logsumexp(true_NxT, axis=-1), jax.nn.logsumexp(neg_NxS, axis=-1))
   return lse - jnp.mean(true_NxT, axis=-1)
 
 
-def _tf_sampled_loss_from_rows(x_NxD, true_w_NxTxD, true_b_NxT, sampled_w_SxD, sampled_b_S,
-                               labels_NxT, sampled_S, true_ec_NxT, sampled_ec_S,
-                               remove_accidental_hits: bool) -> jax.Array:
-  """TF's sampled softmax from the gathered rows (the part that is differentiated)."""
+def _sigmoid_ce(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """TF's ``sigmoid_cross_entropy_with_logits``: max(z, 0) - z y + log1p(exp(-|z|))."""
+  return jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+
+
+def _sampled_logits_from_rows(x_NxD, true_w_NxTxD, true_b_NxT, sampled_w_SxD, sampled_b_S,
+                              labels_NxT, sampled_S, true_ec_NxT, sampled_ec_S,
+                              subtract_log_q: bool, remove_accidental_hits: bool):
+  """TF's ``_compute_sampled_logits`` from the gathered rows: ``(true [N, T], sampled [N, S])``.
+
+  The one implementation behind ``compute_sampled_logits``, ``sampled_softmax_loss``,
+  ``nce_loss``, the row path and the vocabulary-parallel loss.
+  """
   acc = _checks.compute_dtype(x_NxD, true_w_NxTxD)
   # Row-wise dot products as a batched dot. (A multiply + sum, once faster on an
   # AMD EPYC, made XLA:CPU pick a slow fusion for the whole forward on an Intel
@@ -66,20 +89,48 @@ def _tf_sampled_loss_from_rows(x_NxD, true_w_NxTxD, true_b_NxT, sampled_w_SxD, s
   sampled_logits = jnp.dot(x_NxD, sampled_w_SxD.T,
                            preferred_element_type=acc) + sampled_b_S.astype(acc)[None, :]
   if remove_accidental_hits:
-    hit = jnp.zeros(sampled_logits.shape, bool)
-    for t in range(labels_NxT.shape[-1]):
-      hit |= labels_NxT[:, t, None] == sampled_S[None, :]
-    hit &= _last_occurrence(sampled_S)[None, :]
+    hit = _hits_mask(labels_NxT, sampled_S)
     sampled_logits = jnp.where(hit, sampled_logits + jnp.asarray(_TF_HIT, acc), sampled_logits)
-  true_logits = true_logits - jnp.log(true_ec_NxT.astype(acc))
-  sampled_logits = sampled_logits - jnp.log(sampled_ec_S.astype(acc))[None, :]
-  return _soft_label_ce(true_logits, sampled_logits)
+  if subtract_log_q:
+    true_logits = true_logits - jnp.log(true_ec_NxT.astype(acc))
+    sampled_logits = sampled_logits - jnp.log(sampled_ec_S.astype(acc))[None, :]
+  return true_logits, sampled_logits
 
+
+def _tf_sampled_loss_from_rows(x_NxD, true_w_NxTxD, true_b_NxT, sampled_w_SxD, sampled_b_S,
+                               labels_NxT, sampled_S, true_ec_NxT, sampled_ec_S,
+                               remove_accidental_hits: bool) -> jax.Array:
+  """TF's sampled softmax from the gathered rows (the part that is differentiated)."""
+  return _soft_label_ce(*_sampled_logits_from_rows(
+      x_NxD, true_w_NxTxD, true_b_NxT, sampled_w_SxD, sampled_b_S, labels_NxT, sampled_S,
+      true_ec_NxT, sampled_ec_S, True, remove_accidental_hits))
+
+
+def _shards(name: str, table, ndim: int) -> list:
+  """``table`` as a list of row shards (TF's list of partitions, "div" layout), validated."""
+  shards = list(table) if isinstance(table, (list, tuple)) else [table]
+  if not shards:
+    raise ValueError(f"{name} must be an array or a non-empty list of shards; got [].")
+  for i, w in enumerate(shards):
+    nm = name if len(shards) == 1 else f"{name}[{i}]"
+    _checks.check_floating(nm, w)
+    _checks.check_ndim(nm, w, ndim=ndim)
+  tail = {tuple(jnp.shape(w)[1:]) for w in shards}
+  if len(tail) != 1:
+    raise ValueError(f"{name} shards must agree on every dimension but the first; got shapes"
+                     f" {[tuple(jnp.shape(w)) for w in shards]}.")
+  return shards
+
+
+def _num_rows(shards) -> int:
+  return sum(int(jnp.shape(w)[0]) for w in shards)
 
 
 def prepare_sampled_args(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
-                         sampled_values, remove_accidental_hits, key):
+                         sampled_values, remove_accidental_hits, key, *, allow_shards=False):
   """Validates ``sampled_softmax_loss``'s arguments; draws the samples if not given.
+
+  ``weights`` / ``biases`` may be lists of row shards when ``allow_shards``.
 
   Returns ``(V, D, sampled [S], true_expected_count [..., T], sampled_expected_count [S])``.
   """
@@ -87,12 +138,14 @@ def prepare_sampled_args(weights, biases, labels, inputs, num_sampled, num_class
   _check_count("num_classes", num_classes, 2)
   _check_count("num_true", num_true)
   _check_bool("remove_accidental_hits", remove_accidental_hits)
-  _checks.check_floating("weights", weights)
+  if not allow_shards and any(isinstance(a, (list, tuple)) for a in (weights, biases)):
+    raise TypeError("weights and biases must be arrays here (lists of shards are accepted by"
+                    " sampled_softmax_loss, nce_loss and compute_sampled_logits).")
+  w_shards = _shards("weights", weights, 2)
   _checks.check_floating("inputs", inputs)
   _checks.check_integer("labels", labels)
-  _checks.check_ndim("weights", weights, ndim=2)
   _checks.check_ndim("inputs", inputs, min_ndim=1)
-  vocab, dim = jnp.shape(weights)
+  vocab, dim = _num_rows(w_shards), jnp.shape(w_shards[0])[1]
   if jnp.shape(inputs)[-1] != dim:
     raise ValueError(
         f"inputs must have shape [..., D] with D = weights.shape[1] = {dim}; got"
@@ -103,8 +156,10 @@ def prepare_sampled_args(weights, biases, labels, inputs, num_sampled, num_class
   lead = tuple(jnp.shape(inputs)[:-1])
   _checks.check_shape("labels", labels, lead + (num_true,), "[..., num_true]")
   if biases is not None:
-    _checks.check_floating("biases", biases)
-    _checks.check_shape("biases", biases, (vocab,), "[V]")
+    b_rows = _num_rows(_shards("biases", biases, 1))
+    if b_rows != vocab:
+      raise ValueError(f"biases must have {vocab} entries in all (weights' rows [V]); got"
+                       f" {b_rows}.")
   _checks.check_labels_in_range(labels, num_classes, name="labels")
 
   if sampled_values is None:
@@ -175,8 +230,10 @@ def sampled_softmax_loss(
   :func:`scatter_add_sampled_rows`.
 
   Args:
-    weights: ``[V, D]`` class embeddings (only gathered rows get gradient).
-    biases: ``[V]`` class biases, or None for no bias.
+    weights: ``[V, D]`` class embeddings (only gathered rows get gradient), or
+      a list of row shards ``[V_p, D]`` (TF's ``partition_strategy="div"``),
+      used without concatenating.
+    biases: ``[V]`` class biases, a list of ``[V_p]`` shards, or None (no bias).
     labels: ``[..., num_true]`` int target classes.
     inputs: ``[..., D]`` activations.
     num_sampled: S, the number of sampled classes.
@@ -202,15 +259,217 @@ def sampled_softmax_loss(
     Jean et al. 2014, "On Using Very Large Target Vocabulary for Neural Machine
     Translation"; TensorFlow ``nn_impl._compute_sampled_logits``.
   """
-  vocab, dim, sampled, true_ec, sampled_ec = prepare_sampled_args(
-      weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+  true_logits, sampled_logits = _sampled_logits(
+      weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values, True,
       remove_accidental_hits, key)
+  return _soft_label_ce(true_logits, sampled_logits)
+
+
+def _sampled_logits(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+                    sampled_values, subtract_log_q, remove_accidental_hits, key):
+  """Validates, samples, gathers the rows, and returns ``(true [..., T], sampled [..., S])``.
+
+  Rows with a label in ``[num_classes, V)`` (a row exists but the sampler's
+  range excludes it) are NaN.
+  """
+  _check_bool("subtract_log_q", subtract_log_q)
+  _, _, sampled, true_ec, sampled_ec = prepare_sampled_args(
+      weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+      remove_accidental_hits, key, allow_shards=True)
   lab = jnp.asarray(labels)
   rows = _gather_rows(weights, biases, lab, sampled)
-  loss = _loss_from_rows(rows, lab, sampled, jnp.asarray(inputs), true_ec, sampled_ec,
-                         remove_accidental_hits)
-  # Labels in [num_classes, V) have a row but are outside the sampler's range.
-  return jnp.where(jnp.any(lab >= num_classes, axis=-1), jnp.nan, loss)
+  true_logits, sampled_logits = _logits_from_rows(
+      rows, lab, sampled, jnp.asarray(inputs), true_ec, sampled_ec, subtract_log_q,
+      remove_accidental_hits)
+  bad = jnp.any(lab >= num_classes, axis=-1, keepdims=True)
+  return jnp.where(bad, jnp.nan, true_logits), jnp.where(bad, jnp.nan, sampled_logits)
+
+
+def compute_sampled_logits(
+    weights: ArrayLike | list,
+    biases: ArrayLike | list | None,
+    labels: ArrayLike,
+    inputs: ArrayLike,
+    num_sampled: int,
+    num_classes: int,
+    num_true: int = 1,
+    sampled_values: tuple[ArrayLike, ArrayLike, ArrayLike] | None = None,
+    subtract_log_q: bool = True,
+    remove_accidental_hits: bool = False,
+    *,
+    key: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  r"""The logits and labels of a sampled loss (TensorFlow's ``_compute_sampled_logits``).
+
+  For every example, the T true classes then the S sampled classes (shared by
+  the batch)::
+
+    logits[..., j] = x . w[c_j] + b[c_j]   (- log Q(c_j) if subtract_log_q)
+                                           (-FLT_MAX on an accidental hit)
+    labels[..., j] = 1/T for j < T, else 0
+
+  ``sampled_softmax_loss`` is the softmax cross-entropy of these and
+  ``nce_loss`` their sigmoid cross-entropy; all three share this one
+  implementation (and the row gather of :func:`gather_sampled_rows`). Given the
+  same ``sampled_values``, the numbers are TensorFlow's (fixtures in
+  ``tests/fixtures/nce_tf.npz``); accidental hits follow
+  :func:`compute_accidental_hits`.
+
+  Args:
+    weights: ``[V, D]`` class embeddings, or a list of row shards ``[V_p, D]``
+      (TF's ``partition_strategy="div"`` layout; used without concatenating).
+    biases: ``[V]`` class biases, a list of ``[V_p]`` shards, or None (no bias).
+    labels: ``[..., num_true]`` int target classes.
+    inputs: ``[..., D]`` activations.
+    num_sampled: S.
+    num_classes: the sampler's range (``<= V``); labels in ``[num_classes, V)``
+      make their row NaN.
+    num_true: T.
+    sampled_values: ``(sampled [S], true_expected_count [..., T],
+      sampled_expected_count [S])``; if None,
+      ``log_uniform_candidate_sampler(key, labels, T, S, True, num_classes)``.
+    subtract_log_q: subtract ``log Q`` (the expected counts).
+    remove_accidental_hits: add ``-FLT_MAX`` to sampled logits that hit a target.
+    key: ``jax.random`` key; required when ``sampled_values`` is None.
+
+  Returns:
+    ``(logits [..., T+S], labels [..., T+S])`` in the compute dtype (float32
+    for half-precision inputs).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jax_bigsoftmax as jbs
+    >>> w, b = jnp.ones((50, 8)) * 0.1, jnp.zeros((50,))
+    >>> x, y = jnp.ones((4, 8)), jnp.array([[1], [2], [3], [4]])
+    >>> logits, labels = jbs.compute_sampled_logits(w, b, y, x, 10, 50, key=jax.random.key(0))
+    >>> logits.shape, labels[0, :3].tolist()
+    ((4, 11), [1.0, 0.0, 0.0])
+
+  References:
+    TensorFlow ``nn_impl._compute_sampled_logits``.
+  """
+  true_logits, sampled_logits = _sampled_logits(
+      weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+      subtract_log_q, remove_accidental_hits, key)
+  logits = jnp.concatenate([true_logits, sampled_logits], axis=-1)
+  out_labels = jnp.concatenate([jnp.full(true_logits.shape, 1.0 / num_true, logits.dtype),
+                                jnp.zeros(sampled_logits.shape, logits.dtype)], axis=-1)
+  return logits, out_labels
+
+
+def nce_loss(
+    weights: ArrayLike | list,
+    biases: ArrayLike | list | None,
+    labels: ArrayLike,
+    inputs: ArrayLike,
+    num_sampled: int,
+    num_classes: int,
+    num_true: int = 1,
+    sampled_values: tuple[ArrayLike, ArrayLike, ArrayLike] | None = None,
+    remove_accidental_hits: bool = False,
+    *,
+    key: jax.Array | None = None,
+) -> jax.Array:
+  r"""Noise-contrastive estimation loss, ``tf.nn.nce_loss`` semantics.
+
+  A binary logistic loss of the true classes (label ``1/T`` each) against the
+  S sampled noise classes (label 0), on logits corrected by ``log Q``
+  (:func:`compute_sampled_logits` with ``subtract_log_q=True``)::
+
+    z_j  = x . w[c_j] + b[c_j] - log Q(c_j)          c = [targets (T), samples (S)]
+    loss = sum_j max(z_j, 0) - z_j y_j + log(1 + exp(-|z_j|)),   y = [1/T]*T + [0]*S
+
+  Only the T true rows and the S sampled rows of ``weights`` are touched.
+  Given the same ``sampled_values``, values and gradients are TensorFlow's
+  (fixtures ``tests/fixtures/nce_tf.npz``: T = 1 and 3, hits removed or not,
+  float32 and float64, sharded weights). With ``remove_accidental_hits`` a
+  sampled class equal to a target gets ``-FLT_MAX``, i.e. contributes 0. As in
+  TF, the default sampler is log-uniform (``unique=True``): word2vec's
+  negative sampling uses ``fixed_unigram_candidate_sampler(...,
+  distortion=0.75)`` instead. This is a training loss; evaluate with the exact
+  softmax (:class:`NCELoss` with ``deterministic=True``).
+
+  Args:
+    weights: ``[V, D]`` class embeddings, or a list of row shards ``[V_p, D]``
+      (TF's ``partition_strategy="div"``), used without concatenating.
+    biases: ``[V]`` class biases, a list of ``[V_p]`` shards, or None (no bias).
+    labels: ``[..., num_true]`` int target classes.
+    inputs: ``[..., D]`` activations.
+    num_sampled: S, noise classes per batch.
+    num_classes: the sampler's range (``<= V``).
+    num_true: T, targets per example.
+    sampled_values: ``(sampled [S], true_expected_count [..., T],
+      sampled_expected_count [S])``; if None,
+      ``log_uniform_candidate_sampler(key, labels, T, S, True, num_classes)``.
+    remove_accidental_hits: mask sampled classes equal to a target (TF's
+      default here is False, unlike ``sampled_softmax_loss``).
+    key: ``jax.random`` key; required when ``sampled_values`` is None.
+
+  Returns:
+    ``[...]`` per-example NCE losses (TF's ``[N]``). Out-of-range labels give
+    NaN under ``jit`` (concrete ones raise ``ValueError``).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jax_bigsoftmax as jbs
+    >>> w, b = jnp.ones((50, 8)) * 0.1, jnp.zeros((50,))
+    >>> x, y = jnp.ones((4, 8)), jnp.array([[1], [2], [3], [4]])
+    >>> jbs.nce_loss(w, b, y, x, 10, 50, key=jax.random.key(0)).shape
+    (4,)
+
+  References:
+    Gutmann & Hyvarinen 2010, "Noise-contrastive estimation"; Mnih & Teh 2012;
+    Mikolov et al. 2013 (word2vec); TensorFlow ``nn_impl.nce_loss``.
+  """
+  logits, out_labels = compute_sampled_logits(
+      weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values, True,
+      remove_accidental_hits, key=key)
+  return jnp.sum(_sigmoid_ce(logits, out_labels), axis=-1)
+
+
+def compute_accidental_hits(
+    true_classes: ArrayLike,
+    sampled_candidates: ArrayLike,
+    num_true: int,
+) -> jax.Array:
+  r"""Which sampled candidates equal a target of their row (``tf.nn.compute_accidental_hits``).
+
+  TensorFlow returns variable-length ``(indices, ids, weights)`` triplets; to
+  keep shapes static we return the dense mask they describe::
+
+    mask[..., s] = (sampled_candidates[s] in true_classes[..., :])
+                   and s is the LAST position of that value in sampled_candidates
+
+  (TF's bookkeeping: a candidate drawn several times, possible with
+  ``unique=False``, is reported at its last occurrence only). For ``[N, T]``
+  true classes, TF's triplets are ``indices, ids = jnp.nonzero(mask)`` (up to
+  order, and TF repeats a pair once per duplicated target) with every weight
+  ``-FLT_MAX``; ``jnp.where(mask, -FLT_MAX, 0)`` is the dense tensor TF adds to
+  the sampled logits.
+
+  Args:
+    true_classes: ``[..., num_true]`` int target classes.
+    sampled_candidates: ``[S]`` int sampled classes.
+    num_true: T.
+
+  Returns:
+    ``[..., S]`` bool mask.
+
+  Examples:
+    >>> import jax.numpy as jnp, jax_bigsoftmax as jbs
+    >>> jbs.compute_accidental_hits(jnp.array([[1, 1], [3, 4]]), jnp.array([1, 4, 1, 3]), 2)
+    Array([[False, False,  True, False],
+           [False,  True, False,  True]], dtype=bool)
+
+  References:
+    TensorFlow ``candidate_sampling_ops.compute_accidental_hits``.
+  """
+  _check_count("num_true", num_true)
+  _checks.check_integer("true_classes", true_classes)
+  _checks.check_integer("sampled_candidates", sampled_candidates)
+  _checks.check_ndim("true_classes", true_classes, min_ndim=1)
+  _checks.check_ndim("sampled_candidates", sampled_candidates, ndim=1)
+  _checks.check_shape("true_classes", true_classes,
+                      tuple(jnp.shape(true_classes)[:-1]) + (num_true,), "[..., num_true]")
+  return _hits_mask(jnp.asarray(true_classes), jnp.asarray(sampled_candidates))
 
 
 class SampledRows(NamedTuple):
@@ -233,24 +492,51 @@ def _no_wrap(ids, vocab: int):
 
 
 def _take_rows(table, ids):
-  """``table[ids]``; rows of out-of-range ids are NaN (never a plausible number)."""
-  return jnp.take(table, _no_wrap(ids, table.shape[0]), axis=0, mode="fill", fill_value=jnp.nan)
+  """``table[ids]``; rows of out-of-range ids are NaN (never a plausible number).
+
+  ``table`` may be a list of row shards: the rows of their concatenation are
+  gathered from the shard that holds them, without concatenating.
+  """
+  shards = table if isinstance(table, (list, tuple)) else [table]
+  vocab = _num_rows(shards)
+  ids = _no_wrap(ids, vocab)
+  if len(shards) == 1:
+    return jnp.take(jnp.asarray(shards[0]), ids, axis=0, mode="fill", fill_value=jnp.nan)
+  dtype = jnp.result_type(*shards)
+  out, offset = None, 0
+  for w in shards:
+    w = jnp.asarray(w, dtype)
+    rows = jnp.take(w, ids - offset, axis=0, mode="fill", fill_value=jnp.nan)
+    if out is None:  # the first shard's fill (NaN) covers ids that no shard holds.
+      out = rows
+    else:
+      mine = (ids >= offset) & (ids < offset + w.shape[0])
+      out = jnp.where(mine.reshape(mine.shape + (1,) * (rows.ndim - mine.ndim)), rows, out)
+    offset += w.shape[0]
+  return out
 
 
 def _gather_rows(weights, biases, labels, sampled) -> SampledRows:
-  weights = jnp.asarray(weights)
-  b = jnp.zeros(weights.shape[:1], weights.dtype) if biases is None else jnp.asarray(biases)
-  return SampledRows(_take_rows(weights, labels), _take_rows(b, labels),
-                     _take_rows(weights, sampled), _take_rows(b, sampled))
+  if biases is None:
+    w0 = weights[0] if isinstance(weights, (list, tuple)) else weights
+    biases = jnp.zeros((_num_rows(weights if isinstance(weights, (list, tuple)) else [weights]),),
+                       jnp.result_type(w0))
+  return SampledRows(_take_rows(weights, labels), _take_rows(biases, labels),
+                     _take_rows(weights, sampled), _take_rows(biases, sampled))
 
 
-def _check_rows_args(weights, biases, labels, sampled) -> None:
-  _checks.check_floating("weights", weights)
-  _checks.check_ndim("weights", weights, ndim=2)
-  vocab = jnp.shape(weights)[0]
+def _check_rows_args(weights, biases, labels, sampled, *, allow_shards=False) -> None:
+  if not allow_shards and isinstance(weights, (list, tuple)):
+    raise TypeError("weights must be one [V, D] array here (a list of shards is accepted by"
+                    " gather_sampled_rows and the losses, not by the scatter).")
+  vocab = _num_rows(_shards("weights", weights, 2))
   if biases is not None:
-    _checks.check_floating("biases", biases)
-    _checks.check_shape("biases", biases, (vocab,), "[V]")
+    if not allow_shards and isinstance(biases, (list, tuple)):
+      raise TypeError("biases must be one [V] array here, not a list of shards.")
+    b_rows = _num_rows(_shards("biases", biases, 1))
+    if b_rows != vocab:
+      raise ValueError(f"biases must have {vocab} entries in all (weights' rows [V]); got"
+                       f" {b_rows}.")
   _checks.check_integer("labels", labels)
   _checks.check_ndim("labels", labels, min_ndim=1)
   _checks.check_integer("sampled", sampled)
@@ -281,8 +567,10 @@ def gather_sampled_rows(
   then add the scaled row gradients back with a scatter.
 
   Args:
-    weights: ``[V, D]`` class embeddings.
-    biases: ``[V]`` class biases, or None (zero biases).
+    weights: ``[V, D]`` class embeddings, or a list of row shards ``[V_p, D]``
+      (TF's ``partition_strategy="div"`` layout: the rows of their
+      concatenation, gathered without concatenating).
+    biases: ``[V]`` class biases, a list of shards ``[V_p]``, or None (zero biases).
     labels: ``[..., T]`` int true classes.
     sampled: ``[S]`` int sampled classes (``sampled_values[0]`` of a sampler).
 
@@ -307,7 +595,7 @@ def gather_sampled_rows(
     TensorFlow ``nn_impl._compute_sampled_logits`` (``embedding_lookup`` of
     the true and sampled rows, differentiated as ``IndexedSlices``).
   """
-  _check_rows_args(weights, biases, labels, sampled)
+  _check_rows_args(weights, biases, labels, sampled, allow_shards=True)
   return _gather_rows(weights, biases, jnp.asarray(labels), jnp.asarray(sampled))
 
 
@@ -353,15 +641,22 @@ def scatter_add_sampled_rows(
   return w, b
 
 
-def _loss_from_rows(rows, labels, sampled, inputs, true_ec, sampled_ec, remove_accidental_hits):
-  """Per-example TF sampled loss ``[...]`` from gathered rows (validated arguments)."""
+def _logits_from_rows(rows, labels, sampled, inputs, true_ec, sampled_ec, subtract_log_q,
+                      remove_accidental_hits):
+  """``(true [..., T], sampled [..., S])`` logits from gathered rows (validated arguments)."""
   lead, dim, num_true = inputs.shape[:-1], inputs.shape[-1], labels.shape[-1]
-  loss = _tf_sampled_loss_from_rows(
+  true_logits, sampled_logits = _sampled_logits_from_rows(
       inputs.reshape(-1, dim), rows.true_weights.reshape(-1, num_true, dim),
       rows.true_biases.reshape(-1, num_true), rows.sampled_weights, rows.sampled_biases,
       labels.reshape(-1, num_true), sampled, true_ec.reshape(-1, num_true), sampled_ec,
-      remove_accidental_hits)
-  return loss.reshape(lead)
+      subtract_log_q, remove_accidental_hits)
+  return true_logits.reshape(lead + (num_true,)), sampled_logits.reshape(lead + (-1,))
+
+
+def _loss_from_rows(rows, labels, sampled, inputs, true_ec, sampled_ec, remove_accidental_hits):
+  """Per-example TF sampled loss ``[...]`` from gathered rows (validated arguments)."""
+  return _soft_label_ce(*_logits_from_rows(rows, labels, sampled, inputs, true_ec, sampled_ec,
+                                           True, remove_accidental_hits))
 
 
 def sampled_softmax_loss_from_rows(

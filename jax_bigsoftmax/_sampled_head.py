@@ -108,10 +108,14 @@ class SampledSoftmaxLoss(nn.Module):
     if deterministic:
       loss = self._exact_loss(x, w, b, labels_T)
     else:
-      loss = sampled_softmax_loss(w, b, labels_T, x, self.num_sampled, self.num_classes,
-                                  self.num_true, None, self.remove_accidental_hits,
-                                  key=self.make_rng("sampler"))
+      loss = self._sampled_loss(w, b, labels_T, x)
     return jnp.where(ignored, jnp.zeros((), loss.dtype), loss)
+
+  def _sampled_loss(self, w, b, labels_T, x):
+    """The training loss (``NCELoss`` overrides this one method)."""
+    return sampled_softmax_loss(w, b, labels_T, x, self.num_sampled, self.num_classes,
+                                self.num_true, None, self.remove_accidental_hits,
+                                key=self.make_rng("sampler"))
 
   def _exact_loss(self, x, w, b, labels_T):
     """-(1/T) sum_t log p(y_t) = lse - mean_t z_t, with one pass for the lse."""
