@@ -1,7 +1,7 @@
 """Makes tests/fixtures/nce_tf.npz with TensorFlow's own candidate-sampling ops.
 
 Run with a Python that has TensorFlow (deterministic seeds), from the repo root:
-  path/to/tf-venv/bin/python tests/make_fixtures_nce_tf.py
+  .peers/tf/bin/python tests/make_fixtures_nce_tf.py   (bash benchmarks/setup_peers.sh tf)
 
 Cases:
 * ``nce_*``: tf.nn.nce_loss values and the gradients of sum(loss * cot) w.r.t.
