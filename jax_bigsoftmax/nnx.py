@@ -75,12 +75,18 @@ def _linen_params(spec: nn.Module, key: jax.Array | None) -> dict[str, Any]:
   return params
 
 
-def _to_param(value: Any, like: Any) -> nnx.Param:
-  """``nnx.Param`` holding ``value`` with the (sharding) metadata of linen's ``like``."""
+def _to_param(value: Any, like: Any, spec: nn.Module) -> nnx.Param:
+  """``nnx.Param`` holding ``value`` with the (sharding) metadata of linen's ``like``.
+
+  A sharding annotation without a mesh takes the head's ``mesh`` attribute
+  (the sharded heads' option), if it has one.
+  """
   if isinstance(like, meta.AxisMetadata):
     metadata = (like.to_nnx_metadata() if hasattr(like, "to_nnx_metadata")
                 else dict(vars(like)))
     metadata.pop("value", None)
+    if metadata.get("mesh") is None and getattr(spec, "mesh", None) is not None:
+      metadata["mesh"] = spec.mesh
     return nnx.Param(value, **metadata, linen_meta_type=type(like))
   return nnx.Param(value)
 
@@ -127,7 +133,7 @@ class _Head(nnx.Module):
     self.linen = spec
     self._param_names = tuple(sorted(declared))
     for name in self._param_names:
-      setattr(self, name, _to_param(values[name], declared[name]))
+      setattr(self, name, _to_param(values[name], declared[name], spec))
 
   def _apply(self, method: str, *args: Any, rngs: dict[str, jax.Array] | None = None,
              **kwargs: Any) -> Any:

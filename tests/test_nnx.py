@@ -1,4 +1,6 @@
 """Flax NNX heads (jax_bigsoftmax.nnx) against their linen twins."""
+import inspect
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -283,6 +285,51 @@ def test_sharding_metadata_follows_the_linen_head():
   assert twin.weight.get_metadata()["out_sharding"] == ("vocab", None)
   x, y = _data(seed=8)
   _close(twin.nll(x, y), linen_head.apply(variables, x, y, method="nll"))
+
+
+@pytest.mark.parametrize("twin", [jnnx.FullSoftmaxLoss, jnnx.AdaptiveLogSoftmaxWithLoss,
+                                  jnnx.HSigmoidLoss, jnnx.SampledSoftmaxLoss])
+def test_constructor_keywords_are_the_linen_attributes(twin):
+  linen_fields = [f for f in twin.linen_class.__dataclass_fields__ if f not in ("parent", "name")]
+  params = inspect.signature(twin).parameters
+  assert list(params)[:len(linen_fields)] == linen_fields
+  assert params["rngs"].kind == inspect.Parameter.KEYWORD_ONLY
+  assert twin.__name__ == twin.linen_class.__name__
+
+
+def test_from_linen_keeps_a_subclass_configuration_and_methods():
+  class Scaled(jbs.FullSoftmaxLoss):
+    scale: float = 3.0
+
+    def nll(self, inputs, labels):
+      return super().nll(inputs, labels) * self.scale
+
+  linen_head = Scaled(num_classes=V, features=D, scale=2.0)
+  params = _init(linen_head)
+  head = jnnx.from_linen(linen_head, params)
+  assert isinstance(head, jnnx.FullSoftmaxLoss) and head.linen.scale == 2.0
+  x, y = _data(seed=9)
+  plain = jbs.FullSoftmaxLoss(num_classes=V, features=D).apply({"params": params}, x, y,
+                                                               method="nll")
+  _close(head.nll(x, y), 2.0 * plain)
+
+
+def test_sharding_annotation_without_mesh_takes_the_head_mesh():
+  """A head with a ``mesh`` attribute (the sharded heads' option) places its NNX params on it."""
+  mesh = jax.make_mesh((4,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:4])
+
+  class WithMesh(jbs.FullSoftmaxLoss):
+    mesh: object = None
+
+  init = nn.with_partitioning(jbs._full_head.default_weight_init, ("vocab", None))
+  linen_head = WithMesh(num_classes=V, features=D, weight_init=init, mesh=mesh)
+  variables = linen_head.init(jax.random.key(0), *_data())
+  head = jnnx.from_linen(linen_head, variables)
+  assert head.weight.get_metadata()["mesh"] is mesh
+  assert head.weight[...].sharding == jax.NamedSharding(mesh, jax.P("vocab", None))
+  x, y = _data(seed=10)
+  _close(head.nll(x, y), linen_head.apply(variables, x, y, method="nll"))
 
 
 def test_errors_name_the_argument():
