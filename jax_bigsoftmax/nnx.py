@@ -19,8 +19,10 @@ same numbers and gradients, and nothing is written twice.
 
 Sharding metadata: a linen parameter declared with ``nn.with_partitioning``
 becomes an ``nnx.Param`` with the same ``out_sharding`` names and ``mesh``
-(what ``nnx.with_partitioning`` would give), so ``nnx.get_partition_spec``
-works on the NNX head.
+(what ``nnx.with_partitioning`` would give; a head's ``mesh`` attribute fills
+in a missing mesh), so ``nnx.get_partition_spec`` works on the NNX head.
+Initialisers passed to an NNX head are its linen twin's: annotate them with
+``flax.linen.with_partitioning``.
 
 Migration: :func:`from_linen` builds the NNX head of a linen head and its
 params; :func:`to_linen_params` gives back the linen ``params``.
