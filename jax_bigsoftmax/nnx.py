@@ -29,17 +29,15 @@ params; :func:`to_linen_params` gives back the linen ``params``.
 """
 from __future__ import annotations
 
-import dataclasses
-import inspect
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import flax.linen as nn
 import jax
 from flax import nnx
-from flax.core import meta
 from jax.typing import ArrayLike
 
+from jax_bigsoftmax import _nnx_head
 from jax_bigsoftmax._adaptive_head import AdaptiveLogSoftmaxWithLoss as _LinenAdaptive
 from jax_bigsoftmax._adaptive_head import ASMOutput
 from jax_bigsoftmax._full_head import FullSoftmaxLoss as _LinenFull
@@ -58,92 +56,7 @@ __all__ = (
 _RngArg = nnx.Rngs | nnx.RngStream | jax.Array | None
 
 
-def _declare(module: nn.Module) -> None:
-  """Runs a linen head's ``setup`` (validation and ``self.param`` declarations)."""
-  module._try_setup()  # pylint: disable=protected-access
-
-
-def _linen_params(spec: nn.Module, key: jax.Array | None) -> dict[str, Any]:
-  """The linen head's own ``params`` for ``key`` (abstract when ``key`` is None)."""
-  if key is None:
-    variables = jax.eval_shape(lambda: spec.init(jax.random.key(0), method=_declare))
-  else:
-    variables = spec.init(key, method=_declare)
-  params = dict(variables.get("params", {}))
-  for name, value in params.items():
-    if isinstance(value, Mapping):
-      raise TypeError(f"{type(spec).__name__} declares a nested parameter collection {name!r};"
-                      " NNX twins support flat parameters only.")
-  return params
-
-
-def _to_param(value: Any, like: Any, spec: nn.Module) -> nnx.Param:
-  """``nnx.Param`` holding ``value`` with the (sharding) metadata of linen's ``like``.
-
-  A sharding annotation without a mesh takes the head's ``mesh`` attribute
-  (the sharded heads' option), if it has one.
-  """
-  if isinstance(like, meta.AxisMetadata):
-    metadata = (like.to_nnx_metadata() if hasattr(like, "to_nnx_metadata")
-                else dict(vars(like)))
-    metadata.pop("value", None)
-    if metadata.get("mesh") is None and getattr(spec, "mesh", None) is not None:
-      metadata["mesh"] = spec.mesh
-    return nnx.Param(value, **metadata, linen_meta_type=type(like))
-  return nnx.Param(value)
-
-
-def _unbox(value: Any) -> Any:
-  """The array inside linen's axis metadata box (the NNX ``Param`` applies its sharding)."""
-  return value.value if isinstance(value, meta.AxisMetadata) else value
-
-
-class _FromLinen:
-  """Private constructor argument of the NNX heads (used by :func:`from_linen`)."""
-
-  def __init__(self, spec: nn.Module, params: Mapping[str, Any]):
-    self.spec, self.params = spec, params
-
-
-class _Head(nnx.Module):
-  """Common base: parameters from the linen twin's setup, methods applied through it."""
-
-  linen_class: ClassVar[type[nn.Module]]
-
-  def __init_subclass__(cls, **kwargs):
-    super().__init_subclass__(**kwargs)
-    # The signature of the linen dataclass plus ``rngs``, for help() and IDEs.
-    params = [p for p in inspect.signature(cls.linen_class).parameters.values()
-              if p.name not in ("parent", "name")]
-    params.append(inspect.Parameter("rngs", inspect.Parameter.KEYWORD_ONLY,
-                                    annotation="nnx.Rngs"))
-    params += [p for p in inspect.signature(cls.__init__).parameters.values()
-               if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name != "rngs"]
-    cls.__signature__ = inspect.Signature(params)
-
-  def __init__(self, *args: Any, rngs: nnx.Rngs | None = None, **kwargs: Any):
-    if len(args) == 1 and not kwargs and isinstance(args[0], _FromLinen):
-      spec, values = args[0].spec, args[0].params
-      declared = _linen_params(spec, None)
-    else:
-      if not isinstance(rngs, nnx.Rngs):
-        raise TypeError(f"{type(self).__name__} needs rngs=nnx.Rngs(...) to initialise its"
-                        f" parameters; got rngs={rngs!r}.")
-      spec = self.linen_class(*args, **kwargs)
-      declared = _linen_params(spec, rngs.params())
-      values = {name: _unbox(v) for name, v in declared.items()}
-    self.linen = spec
-    self._param_names = tuple(sorted(declared))
-    for name in self._param_names:
-      setattr(self, name, _to_param(values[name], declared[name], spec))
-
-  def _apply(self, method: str, *args: Any, rngs: dict[str, jax.Array] | None = None,
-             **kwargs: Any) -> Any:
-    params = {name: getattr(self, name)[...] for name in self._param_names}
-    return self.linen.apply({"params": params}, *args, method=method, rngs=rngs, **kwargs)
-
-
-class FullSoftmaxLoss(_Head):
+class FullSoftmaxLoss(_nnx_head.Head):
   """NNX twin of :class:`jax_bigsoftmax.FullSoftmaxLoss` (exact softmax head).
 
   Same keywords (``num_classes``, ``features``, ``use_bias``, ``ignore_index``,
@@ -183,7 +96,7 @@ class FullSoftmaxLoss(_Head):
     return self._apply("predict", inputs)
 
 
-class AdaptiveLogSoftmaxWithLoss(_Head):
+class AdaptiveLogSoftmaxWithLoss(_nnx_head.Head):
   """NNX twin of :class:`jax_bigsoftmax.AdaptiveLogSoftmaxWithLoss` (torch's layer).
 
   Same arguments (``in_features, n_classes, cutoffs, div_value=4.0,
@@ -227,7 +140,7 @@ class AdaptiveLogSoftmaxWithLoss(_Head):
     return self._apply("predict", x)
 
 
-class HSigmoidLoss(_Head):
+class HSigmoidLoss(_nnx_head.Head):
   """NNX twin of :class:`jax_bigsoftmax.HSigmoidLoss` (``paddle.nn.HSigmoidLoss``).
 
   Same arguments (``feature_size, num_classes, is_custom=False,
@@ -275,7 +188,7 @@ class HSigmoidLoss(_Head):
     return self._apply("predict", x, path_table, path_code)
 
 
-class SampledSoftmaxLoss(_Head):
+class SampledSoftmaxLoss(_nnx_head.Head):
   """NNX twin of :class:`jax_bigsoftmax.SampledSoftmaxLoss` (sampled in training, exact in eval).
 
   Same arguments (``num_classes, features, num_sampled, num_true=1,
@@ -361,12 +274,12 @@ class SampledSoftmaxLoss(_Head):
     return self._apply("predict", inputs)
 
 
-_TWINS: tuple[type[_Head], ...] = (FullSoftmaxLoss, AdaptiveLogSoftmaxWithLoss, HSigmoidLoss,
-                                   SampledSoftmaxLoss)
+_TWINS: tuple[type[_nnx_head.Head], ...] = (
+    FullSoftmaxLoss, AdaptiveLogSoftmaxWithLoss, HSigmoidLoss, SampledSoftmaxLoss)
 
 
 def from_linen(linen_head: nn.Module, params: Mapping[str, Any], *,
-               rngs: nnx.Rngs | None = None) -> _Head:
+               rngs: nnx.Rngs | None = None) -> _nnx_head.Head:
   """The NNX head with ``linen_head``'s configuration and the weights ``params``.
 
   Args:
@@ -400,30 +313,14 @@ def from_linen(linen_head: nn.Module, params: Mapping[str, Any], *,
     raise TypeError(f"linen_head must be one of the linen heads"
                     f" {[t.linen_class.__name__ for t in _TWINS]}; got"
                     f" {type(linen_head).__name__}.")
-  if not isinstance(params, Mapping):
-    raise TypeError(f"params must be a mapping of parameter names to arrays; got"
-                    f" {type(params).__name__}.")
-  if set(params) == {"params"} and isinstance(params["params"], Mapping):
-    params = params["params"]
   spec = linen_head.clone(parent=None) if linen_head.scope is not None else linen_head
-  declared = _linen_params(spec, None)
-  if set(params) != set(declared):
-    raise ValueError(f"params must have exactly the parameters of {type(spec).__name__}"
-                     f" {sorted(declared)}; got {sorted(params)}.")
-  values = {}
-  for name, like in declared.items():
-    value = _unbox(params[name])
-    want = tuple(_unbox(like).shape)
-    if tuple(jax.numpy.shape(value)) != want:
-      raise ValueError(f"params[{name!r}] must have shape {want}; got"
-                       f" {tuple(jax.numpy.shape(value))}.")
-    values[name] = jax.numpy.asarray(value)
+  values = _nnx_head.params_from_linen(spec, params)
   if twin is SampledSoftmaxLoss:
-    return twin(_FromLinen(spec, values), rngs=rngs)
-  return twin(_FromLinen(spec, values))
+    return twin(_nnx_head.FromLinen(spec, values), rngs=rngs)
+  return twin(_nnx_head.FromLinen(spec, values))
 
 
-def to_linen_params(nnx_head: _Head) -> dict[str, Any]:
+def to_linen_params(nnx_head: _nnx_head.Head) -> dict[str, Any]:
   """The linen ``params`` of an NNX head: ``head.linen.apply({"params": p}, ...)``.
 
   Parameters carrying sharding metadata come back boxed (``nn.Partitioned``),
@@ -441,21 +338,7 @@ def to_linen_params(nnx_head: _Head) -> dict[str, Any]:
     >>> bool(jnp.allclose(head.linen.apply({"params": params}, x, y), head(x, y)))
     True
   """
-  if not isinstance(nnx_head, _Head):
+  if not isinstance(nnx_head, _nnx_head.Head):
     raise TypeError(f"nnx_head must be one of the jax_bigsoftmax.nnx heads; got"
                     f" {type(nnx_head).__name__}.")
-  out = {}
-  for name in nnx_head._param_names:  # pylint: disable=protected-access
-    var = getattr(nnx_head, name)
-    metadata = dict(var.get_metadata())
-    linen_type = metadata.pop("linen_meta_type", None)
-    value = var[...]
-    if linen_type is not None and hasattr(linen_type, "from_nnx_metadata"):
-      out[name] = linen_type.from_nnx_metadata({"value": value, **metadata})
-    elif linen_type is not None:
-      fields = {f.name for f in dataclasses.fields(linen_type)}
-      out[name] = linen_type(**{k: v for k, v in {"value": value, **metadata}.items()
-                                if k in fields})
-    else:
-      out[name] = value
-  return out
+  return _nnx_head.linen_params(nnx_head)
