@@ -56,7 +56,8 @@ def test_nnx_lm_trains_every_head(corpus_dir, tmp_path, head, tree):
   out = nnx_train.train_and_evaluate(config, str(tmp_path))
   vocab_size = len(lm_train.load_data(config)[0])
   assert math.isfinite(out["valid_ppl"]) and 1.0 < out["valid_ppl"] < 10 * vocab_size
-  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  with open(tmp_path / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
   losses = [r["train_loss"] for r in records if "train_loss" in r]
   assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]
