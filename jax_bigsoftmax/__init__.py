@@ -51,6 +51,9 @@ from jax_bigsoftmax._sampled_samplers import fixed_unigram_candidate_sampler
 from jax_bigsoftmax._sampled_samplers import log_uniform_candidate_sampler
 from jax_bigsoftmax._sampled_samplers import uniform_candidate_sampler
 
+# --- Flax NNX twins of the heads (a submodule, like flax.nnx) ---
+from jax_bigsoftmax import nnx  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = (
