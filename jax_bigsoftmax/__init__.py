@@ -52,7 +52,7 @@ from jax_bigsoftmax._sampled_samplers import log_uniform_candidate_sampler
 from jax_bigsoftmax._sampled_samplers import uniform_candidate_sampler
 
 # --- Flax NNX twins of the heads (a submodule, like flax.nnx) ---
-from jax_bigsoftmax import nnx  # noqa: E402
+from jax_bigsoftmax import nnx  # noqa: E402, F401  (jbs.nnx.FullSoftmaxLoss, ...)
 
 __version__ = "0.1.0"
 
