@@ -199,7 +199,8 @@ def adaptive_predict(cfg, x, head_w, tails, bounds: Sequence[int], head_b):
   cluster_logit = jnp.dot(x, head_w[:, shortlist:n_head].astype(x.dtype),
                           preferred_element_type=jnp.float32)
   if head_b is not None:
-    cluster_logit = cluster_logit + head_b[shortlist:].astype(jnp.float32)
+    cb = head_b[shortlist:].astype(jnp.float32)
+    cluster_logit = cluster_logit + cb.reshape((1,) * (cluster_logit.ndim - 1) + (-1,))
   for i, ((proj, _), (ow, ob)) in enumerate(zip(tails, outs)):
     tid, tbest, tlse = vocab_parallel_argmax(jnp.dot(x, proj.astype(x.dtype)), ow, ob, **kw)
     cand.append(cluster_logit[..., i] - head_lse + tbest - tlse)
