@@ -179,7 +179,7 @@ def head_memory(head, n, d, mesh=None):
 
   def step(p, x, y):
     def loss(p, x):
-      out = head.apply({"params": p}, x, y, rngs=rngs) if sampled else head.apply({"params": p}, x, y)
+      out = head.apply({"params": p}, x, y, rngs=rngs if sampled else None)
       out = out.loss if isinstance(out, jbs.ASMOutput) else out
       return jnp.mean(out)
     return jax.value_and_grad(loss, (0, 1))(p, x)

@@ -160,21 +160,20 @@ class AdaptiveLogSoftmaxWithLoss(nn.Module):
     )
     d, h = self.in_features, bounds[0] + len(hsz)
     self._bounds = bounds
-    self._head_w = self.param("head_weight", shard(_torch_uniform(d), (d, h), 1, name="head_weight",
-                                    required=False), (d, h),
-                              self.param_dtype)
+    # Class axes carry partitioning metadata with vocab_axis (where they divide by it).
+    head_init = shard(_torch_uniform(d), (d, h), 1, name="head_weight", required=False)
+    self._head_w = self.param("head_weight", head_init, (d, h), self.param_dtype)
+    bias_init = shard(_torch_uniform(d), (h,), 0, name="head_bias", required=False)
     self._head_b = (
-        self.param("head_bias", shard(_torch_uniform(d), (h,), 0, name="head_bias",
-                                  required=False), (h,), self.param_dtype)
+        self.param("head_bias", bias_init, (h,), self.param_dtype)
         if self.head_bias else None
     )
     tails = []
     for i, hs in enumerate(hsz):
       osz = bounds[i + 1] - bounds[i]
       proj = self.param(f"tail_{i}_proj", _torch_uniform(d), (d, hs), self.param_dtype)
-      out = self.param(f"tail_{i}_out", shard(_torch_uniform(hs), (hs, osz), 1,
-                                   name=f"tail_{i}_out", required=False), (hs, osz),
-                       self.param_dtype)
+      out_init = shard(_torch_uniform(hs), (hs, osz), 1, name=f"tail_{i}_out", required=False)
+      out = self.param(f"tail_{i}_out", out_init, (hs, osz), self.param_dtype)
       tails.append((proj, out))
     self._tails = tails
 

@@ -78,10 +78,10 @@ class FullSoftmaxLoss(nn.Module):
     if self.features < 1:
       raise ValueError(f"features must be >= 1; got {self.features}.")
     shard = _sharded_heads.vocab_partitioner(self)
-    self.weight = self.param("weight", shard(self.weight_init, (self.num_classes, self.features), 0,
-                                             name="weight"),
-                             (self.num_classes, self.features), self.param_dtype)
-    self.bias = (self.param("bias", shard(nn.initializers.zeros, (self.num_classes,), 0, name="bias"), (self.num_classes,),
+    v, d = self.num_classes, self.features
+    self.weight = self.param("weight", shard(self.weight_init, (v, d), 0, name="weight"), (v, d),
+                             self.param_dtype)
+    self.bias = (self.param("bias", shard(nn.initializers.zeros, (v,), 0, name="bias"), (v,),
                             self.param_dtype) if self.use_bias else None)
 
   def _cast(self, x):

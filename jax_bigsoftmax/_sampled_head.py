@@ -93,10 +93,10 @@ class SampledSoftmaxLoss(nn.Module):
     if self.num_true < 1:
       raise ValueError(f"num_true must be >= 1; got {self.num_true}.")
     shard = _sharded_heads.vocab_partitioner(self)
-    self.weight = self.param("weight", shard(self.weight_init, (self.num_classes, self.features), 0,
-                                             name="weight"),
-                             (self.num_classes, self.features), self.param_dtype)
-    self.bias = self.param("bias", shard(nn.initializers.zeros, (self.num_classes,), 0, name="bias"), (self.num_classes,),
+    v, d = self.num_classes, self.features
+    self.weight = self.param("weight", shard(self.weight_init, (v, d), 0, name="weight"), (v, d),
+                             self.param_dtype)
+    self.bias = self.param("bias", shard(nn.initializers.zeros, (v,), 0, name="bias"), (v,),
                            self.param_dtype)
 
   def _cast(self, x):

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 from jax_bigsoftmax._vocab_parallel import vocab_parallel_cross_entropy
 from jax_bigsoftmax._vocab_parallel_heads import vocab_parallel_sampled_softmax_loss
 from jax_bigsoftmax._vocab_parallel_linear import (PAD_LOGIT, constrain_vocab_sharded, pad_vocab,
-                                                   vocab_parallel_argmax, vocab_parallel_log_softmax)
+                                                   vocab_parallel_argmax,
+                                                   vocab_parallel_log_softmax)
 
 _IGNORE = -100
 

@@ -48,11 +48,11 @@ def test_mesh_shape_parsing_and_errors(corpus_dir, tmp_path):
                                           mesh_shape="data=4,model=2"), str(tmp_path))
 
 
-@pytest.mark.parametrize("head", ["full", "adaptive"])
+@pytest.mark.parametrize("head", ["full", "adaptive", "sampled"])
 def test_2d_mesh_equals_data_parallel_and_one_device(corpus_dir, tmp_path, head):
   shapes = {"one": dict(num_devices=1), "data8": dict(mesh_shape="data=8"),
             "data4_model2": dict(mesh_shape="data=4,model=2")}
-  if head == "adaptive":  # one data-parallel reference is enough here
+  if head != "full":  # one data-parallel reference is enough here
     del shapes["data8"]
   runs = {k: lm_train.train_and_evaluate(scaled_lm(corpus_dir, head=head, **v),
                                          str(tmp_path / k)) for k, v in shapes.items()}
@@ -60,8 +60,8 @@ def test_2d_mesh_equals_data_parallel_and_one_device(corpus_dir, tmp_path, head)
     np.testing.assert_allclose(train_losses(runs[k]), train_losses(runs["one"]), rtol=2e-5)
     np.testing.assert_allclose(runs[k]["valid_ppl"], runs["one"]["valid_ppl"], rtol=2e-5)
   impl = runs["data4_model2"]["state"]["params"]["head"]["impl"]
-  w = impl["weight"] if head == "full" else impl["tail_1_out"]
-  assert w.sharding.spec[0 if head == "full" else 1] == "model"
+  w = impl["tail_1_out"] if head == "adaptive" else impl["weight"]
+  assert w.sharding.spec[1 if head == "adaptive" else 0] == "model"
   assert w.sharding.shard_shape(w.shape) != w.shape  # no device holds the whole matrix
 
 
