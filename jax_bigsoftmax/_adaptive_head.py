@@ -110,7 +110,7 @@ class AdaptiveLogSoftmaxWithLoss(nn.Module):
     capacity: rows per gather block for the tails (see
       :func:`jax_bigsoftmax.adaptive_log_softmax_with_loss`); None = default.
     param_dtype: dtype of the parameters.
-    mesh: the ``jax.sharding.Mesh`` of a vocabulary-sharded head (with ``vocab_axis``).
+    mesh: the ``jax.sharding.Mesh`` (Auto axes) of a vocabulary-sharded head.
     vocab_axis: mesh axis to shard the classes on. When set, ``head_weight``,
       ``head_bias`` and every ``tail_{i}_out`` carry ``nn.with_partitioning``
       metadata on their class (last) axis (same names and shapes as unsharded;

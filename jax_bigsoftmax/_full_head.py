@@ -38,7 +38,7 @@ class FullSoftmaxLoss(nn.Module):
     dtype: computation dtype for the matmuls (None: the inputs' dtype);
       log-sum-exp is always accumulated in float32 or wider.
     param_dtype: dtype of the parameters.
-    mesh: the ``jax.sharding.Mesh`` of a vocabulary-sharded head (with ``vocab_axis``).
+    mesh: the ``jax.sharding.Mesh`` (Auto axes) of a vocabulary-sharded head.
     vocab_axis: mesh axis to shard the vocabulary on. When set, ``weight`` and
       ``bias`` carry ``nn.with_partitioning`` metadata ``(vocab_axis, None)`` /
       ``(vocab_axis,)`` (same names and shapes: one checkpoint loads into

@@ -44,7 +44,7 @@ class SampledSoftmaxLoss(nn.Module):
     ignore_index: label value of padded positions (loss 0).
     dtype: computation dtype (None: the inputs' dtype).
     param_dtype: dtype of the parameters.
-    mesh: the ``jax.sharding.Mesh`` of a vocabulary-sharded head (with ``vocab_axis``).
+    mesh: the ``jax.sharding.Mesh`` (Auto axes) of a vocabulary-sharded head.
     vocab_axis: mesh axis to shard the vocabulary on. When set, ``weight`` and
       ``bias`` carry ``nn.with_partitioning`` metadata on V (same names and
       shapes as unsharded) and every method runs a vocabulary-parallel kernel:

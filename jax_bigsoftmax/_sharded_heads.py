@@ -51,6 +51,11 @@ def check_config(cfg: Any) -> None:
   if not isinstance(mesh, jax.sharding.Mesh):
     raise TypeError(f"vocab_axis={vocab_axis!r} needs mesh, a jax.sharding.Mesh; got"
                     f" {type(mesh).__name__}.")
+  types = getattr(mesh, "axis_types", None) or ()
+  if any(t != jax.sharding.AxisType.Auto for t in types):
+    raise ValueError(f"mesh must have Auto axes (the heads place their params with sharding"
+                     f" constraints), e.g. jax.make_mesh(shape, names, axis_types="
+                     f"(jax.sharding.AxisType.Auto,) * len(names)); got axis_types={types}.")
   for name, axis in (("vocab_axis", vocab_axis), ("data_axis", data_axis)):
     if axis is not None and axis not in mesh.axis_names:
       raise ValueError(f"{name}={axis!r} is not an axis of the mesh {mesh.axis_names}.")
@@ -78,16 +83,10 @@ def vocab_partitioner(cfg: Any) -> Callable[..., Callable]:
                          " multiple of it to shard the head on the vocabulary.")
       return init
     names = tuple(cfg.vocab_axis if i == vocab_dim else None for i in range(len(shape)))
-    # The mesh makes init place the param (a sharding constraint, Auto axes only).
-    return nn.with_partitioning(init, names, mesh=cfg.mesh if all_auto(cfg.mesh) else None)
+    # The mesh makes init place the param (a sharding constraint).
+    return nn.with_partitioning(init, names, mesh=cfg.mesh)
 
   return shard
-
-
-def all_auto(mesh) -> bool:
-  """Whether every axis of ``mesh`` is ``AxisType.Auto`` (sharding constraints allowed)."""
-  types = getattr(mesh, "axis_types", None) or ()
-  return all(t == jax.sharding.AxisType.Auto for t in types)
 
 
 def _kw(cfg):

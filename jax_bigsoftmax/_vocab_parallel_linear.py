@@ -160,11 +160,7 @@ def vocab_parallel_argmax(
 
 def constrain_vocab_sharded(x: jax.Array, mesh: Mesh, vocab_axis: str,
                             data_axis: str | None) -> jax.Array:
-  """Places ``[..., V]`` sharded on V (and its leading rows on ``data_axis``); a no-op
-  on a mesh with Explicit axes (the array is typed with its sharding there)."""
-  types = getattr(mesh, "axis_types", None) or ()
-  if any(t != jax.sharding.AxisType.Auto for t in types):
-    return x
+  """Places ``[..., V]`` sharded on V (and its leading rows on ``data_axis``)."""
   spec = P(*([None] * (x.ndim - 1)), vocab_axis)
   if data_axis is not None and x.ndim > 1 and x.shape[0] % mesh.shape[data_axis] == 0:
     spec = P(data_axis, *([None] * (x.ndim - 2)), vocab_axis)

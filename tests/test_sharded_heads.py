@@ -111,6 +111,10 @@ def test_full_head_label_smoothing_and_errors():
     jbs.FullSoftmaxLoss(64, 16, mesh=mesh, vocab_axis="vocab").init(jax.random.key(0), x, y)
   with pytest.raises(ValueError, match="data_axis='data' needs vocab_axis"):
     jbs.FullSoftmaxLoss(64, 16, mesh=mesh, data_axis="data").init(jax.random.key(0), x, y)
+  explicit = jax.make_mesh((2, 4), ("data", "model"),
+                           axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+  with pytest.raises(ValueError, match="mesh must have Auto axes"):
+    jbs.FullSoftmaxLoss(64, 16, mesh=explicit, vocab_axis="model").init(jax.random.key(0), x, y)
   with pytest.raises(ValueError, match="must differ"):
     jbs.FullSoftmaxLoss(64, 16, mesh=mesh, vocab_axis="model",
                         data_axis="model").init(jax.random.key(0), x, y)
