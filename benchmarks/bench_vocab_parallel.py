@@ -2,6 +2,13 @@
 
     python benchmarks/bench_vocab_parallel.py           # memory at V=1M, D=1024; time at V=64k
     python benchmarks/bench_vocab_parallel.py --quick   # small sizes, smoke test
+    python benchmarks/bench_vocab_parallel.py --heads   # the sharded Flax heads only (memory)
+
+Heads (``--heads``): the same memory analysis for one fwd+bwd step of each
+Flax head (``FullSoftmaxLoss``, ``SampledSoftmaxLoss``,
+``AdaptiveLogSoftmaxWithLoss``) with ``vocab_axis`` set on an 8-way mesh, the
+params placed by ``nn.get_partition_spec``, vs the same head unsharded on one
+device (target: <= 1/6 per device).
 
 Memory: ``jax.jit(step).lower(abstract inputs).compile().memory_analysis()`` of
 one fwd+bwd step (loss and gradients of inputs and weights), with
@@ -133,13 +140,85 @@ def materialize(args, key):
   return jax.tree.unflatten(tree, vals)
 
 
+def head_problems(n, d, v, s, mesh):
+  """name -> (unsharded head, sharded head, call kwargs, labels shape)."""
+  import flax.linen as nn  # noqa: F401  (the heads are linen modules)
+  # 8 tails so that every adaptive piece (head: shortlist + 8 columns; each tail) divides by 8.
+  fr = [0.02, 0.04, 0.07, 0.12, 0.2, 0.3, 0.45, 0.7]
+  cutoffs = tuple(int(v * f) // 8 * 8 for f in fr)
+  shard = dict(mesh=mesh, vocab_axis="vocab")
+  return {
+      "FullSoftmaxLoss": (jbs.FullSoftmaxLoss(v, d), jbs.FullSoftmaxLoss(v, d, **shard), {}),
+      f"SampledSoftmaxLoss (S={s})": (jbs.SampledSoftmaxLoss(v, d, s),
+                                      jbs.SampledSoftmaxLoss(v, d, s, **shard), {}),
+      f"AdaptiveLogSoftmaxWithLoss ({len(cutoffs)} tails, div 2)": (
+          jbs.AdaptiveLogSoftmaxWithLoss(d, v, cutoffs, div_value=2.0),
+          jbs.AdaptiveLogSoftmaxWithLoss(d, v, cutoffs, div_value=2.0, **shard), {}),
+  }
+
+
+def head_memory(head, n, d, mesh=None):
+  """memory_analysis of value_and_grad(mean loss) w.r.t. (params, x) of ``head``."""
+  import flax.linen as nn
+  f32, i32 = jnp.float32, jnp.int32
+  x = jax.ShapeDtypeStruct((n, d), f32)
+  y = jax.ShapeDtypeStruct((n,), i32)
+  sampled = isinstance(head, jbs.SampledSoftmaxLoss)
+  rngs = {"sampler": jax.random.key(0)}
+  boxed = jax.eval_shape(lambda: head.init(jax.random.key(0), jnp.zeros((8, d)),
+                                           jnp.zeros((8,), i32)))["params"]
+  params = jax.tree.map(lambda b: b.unbox(apply_constraint=False) if isinstance(b, nn.Partitioned)
+                        else b, boxed, is_leaf=lambda b: isinstance(b, nn.Partitioned))
+  if mesh is not None:
+    specs = nn.get_partition_spec(boxed)
+    params = jax.tree.map(lambda a, sp: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                             sharding=NamedSharding(mesh, sp)),
+                          params, specs)
+    x = jax.ShapeDtypeStruct(x.shape, f32, sharding=NamedSharding(mesh, P()))
+    y = jax.ShapeDtypeStruct(y.shape, i32, sharding=NamedSharding(mesh, P()))
+
+  def step(p, x, y):
+    def loss(p, x):
+      out = head.apply({"params": p}, x, y, rngs=rngs if sampled else None)
+      out = out.loss if isinstance(out, jbs.ASMOutput) else out
+      return jnp.mean(out)
+    return jax.value_and_grad(loss, (0, 1))(p, x)
+
+  return memory(step, (params, x, y))
+
+
+def heads_main(quick: bool, devs):
+  n, d, v, s = (512, 256, 16384, 512) if quick else (4096, 1024, 1 << 20, 8192)
+  mesh = Mesh(devs, ("vocab",))
+  print(f"\n## Sharded Flax heads: compiled memory per device, one fwd+bwd step (grads of params"
+        f" and inputs), N={n}, D={d}, V={v}, 8-way vocab mesh")
+  print("| head | placement | args (params, x) / device | outputs (grads) / device |"
+        " temp / device | total / device | vs unsharded |")
+  print("|---|---|---|---|---|---|---|")
+  for name, (plain, sharded, _) in head_problems(n, d, v, s, mesh).items():
+    m1 = head_memory(plain, n, d)
+    mp = head_memory(sharded, n, d, mesh)
+    for label, m in (("unsharded (1 device)", m1), ("vocab_axis, 8 devices", mp)):
+      print(f"| {name} | {label} | {common.fmt_bytes(m[0])} | {common.fmt_bytes(m[1])} |"
+            f" {common.fmt_bytes(m[2])} | {common.fmt_bytes(sum(m))} |"
+            f" {sum(m) / sum(m1):.3f} |", flush=True)
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--quick", action="store_true")
+  ap.add_argument("--heads", action="store_true", help="only the sharded Flax heads' memory")
   ap.add_argument("--rounds", type=int, default=5)
   args = ap.parse_args()
   devs = np.array(jax.devices())
   assert devs.size == 8, f"need 8 devices, got {devs.size}"
+  if args.heads:
+    print("# bench_vocab_parallel --heads: sharded Flax heads vs unsharded, float32")
+    print(f"# machine: {common.machine_description()}")
+    print("# compiled (not run) for 8 FAKE CPU devices; sizes are XLA's memory_analysis of one"
+          " device's program")
+    heads_main(args.quick, devs)
+    return
   print("# bench_vocab_parallel: one fwd+bwd step (loss + grads of inputs and weights), float32")
   print(f"# machine: {common.machine_description()}")
   print("# 8 FAKE CPU devices (--xla_force_host_platform_device_count=8) sharing the cores above;"

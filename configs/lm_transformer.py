@@ -65,4 +65,7 @@ def get_config():
   config.seed = 0
   # Devices to use for data parallelism (0: all local devices).
   config.num_devices = 0
+  # Device mesh, e.g. "data=4,model=2": batch split on data, output layer's vocabulary on model
+  # ("": every device on data). With --distributed it spans the devices of every process.
+  config.mesh_shape = ""
   return config

@@ -116,18 +116,15 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def put_global_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Places a global numpy batch (same on every process) sharded along axis 0.
+  """Places a global numpy batch (same on every process) sharded along axis 0 on ``data``.
 
-  Each process contributes its own contiguous slice of rows, so the same code
-  serves one host and many (after ``jax.distributed.initialize``).
+  Each device takes its own rows, so the same code serves one host and many
+  (after ``jax.distributed.initialize``) and any ``("data", ...)`` mesh.
   """
   sharding = data_sharded(mesh)
-  pid, nproc = jax.process_index(), jax.process_count()
-  out = {}
-  for k, v in batch.items():
-    rows = v.shape[0] // nproc
-    out[k] = jax.make_array_from_process_local_data(sharding, v[pid * rows:(pid + 1) * rows], v.shape)
-  return out
+  # Every process has the whole batch; each device takes its block (any mesh layout).
+  return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
+          for k, v in batch.items()}
 
 
 # -------------------------------------------------------------- checkpoints

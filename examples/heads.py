@@ -19,6 +19,7 @@ Evaluation always uses exact normalised log-probabilities: for ``full``,
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -90,6 +91,24 @@ class HeadSpec:
   tree: str = "default"
   path_table: _Table | None = None
   path_code: _Table | None = None
+  mesh: Any = None
+  vocab_axis: str | None = None
+  data_axis: str | None = None
+
+
+SHARDABLE = ("full", "adaptive", "sampled")
+
+
+def shard_spec(spec: HeadSpec, mesh, *, vocab_axis: str, data_axis: str | None) -> HeadSpec:
+  """``spec`` with its vocabulary sharded on ``vocab_axis`` of ``mesh`` (rows on ``data_axis``).
+
+  Raises:
+    ValueError: the head cannot be sharded (``hsigmoid``).
+  """
+  if spec.kind not in SHARDABLE:
+    raise ValueError(f"head={spec.kind!r} cannot be sharded on a model axis; use one of "
+                     f"{SHARDABLE} or a mesh_shape without model")
+  return dataclasses.replace(spec, mesh=mesh, vocab_axis=vocab_axis, data_axis=data_axis)
 
 
 def library_class(kind: str):
@@ -156,10 +175,12 @@ class Head(nn.Module):
   def setup(self):
     s = self.spec
     cls = library_class(s.kind)
+    shard = ({} if s.vocab_axis is None else
+             dict(mesh=s.mesh, vocab_axis=s.vocab_axis, data_axis=s.data_axis))
     if s.kind == "full":
-      self.impl = cls(s.num_classes, s.features)
+      self.impl = cls(s.num_classes, s.features, **shard)
     elif s.kind == "adaptive":
-      self.impl = cls(s.features, s.num_classes, s.cutoffs, div_value=s.div_value)
+      self.impl = cls(s.features, s.num_classes, s.cutoffs, div_value=s.div_value, **shard)
       # hsz_i = features // div_value**(i+1) must stay >= 1 (checked by the head).
     elif s.kind == "hsigmoid":
       custom = s.tree == "huffman"
@@ -167,7 +188,7 @@ class Head(nn.Module):
       self.impl = cls(s.features, s.num_classes - 1 if custom else s.num_classes,
                       is_custom=custom)
     else:
-      self.impl = cls(s.num_classes, s.features, s.num_sampled)
+      self.impl = cls(s.num_classes, s.features, s.num_sampled, **shard)
 
   def _huffman(self) -> bool:
     return self.spec.kind == "hsigmoid" and self.spec.tree == "huffman"

@@ -11,6 +11,7 @@ import numpy as np
 
 from jax_bigsoftmax import _adaptive
 from jax_bigsoftmax import _checks
+from jax_bigsoftmax import _sharded_heads
 
 
 class ASMOutput(NamedTuple):
@@ -109,6 +110,22 @@ class AdaptiveLogSoftmaxWithLoss(nn.Module):
     capacity: rows per gather block for the tails (see
       :func:`jax_bigsoftmax.adaptive_log_softmax_with_loss`); None = default.
     param_dtype: dtype of the parameters.
+    mesh: the ``jax.sharding.Mesh`` (Auto axes) of a vocabulary-sharded head.
+    vocab_axis: mesh axis to shard the classes on. When set, ``head_weight``,
+      ``head_bias`` and every ``tail_{i}_out`` carry ``nn.with_partitioning``
+      metadata on their class (last) axis (same names and shapes as unsharded;
+      the small ``tail_{i}_proj`` stay replicated), and every method runs
+      vocabulary-parallel kernels: the head and each tail cluster are linear
+      softmaxes over their own classes, so the target log-probability is
+      ``-(CE_head + CE_tail)`` with :func:`vocab_parallel_cross_entropy`;
+      ``log_prob`` returns ``[..., n_classes]`` sharded on the classes;
+      ``predict`` compares the vocabulary-parallel arg-max of each piece.
+      Same values and gradients as the unsharded head (every row's tail is
+      evaluated on its shard's columns: no row gather, no ``capacity``). A
+      piece whose class count (``shortlist + n_clusters`` for the head,
+      ``osz_i`` for a tail) does not divide by the axis size stays replicated:
+      choose cutoffs that make them divide to shard every piece.
+    data_axis: optional mesh axis the rows of the inputs are split on.
 
   Examples:
     >>> import jax, jax.numpy as jnp, jax_bigsoftmax as jbs
@@ -132,23 +149,31 @@ class AdaptiveLogSoftmaxWithLoss(nn.Module):
   head_bias: bool = False
   capacity: int | Sequence[int] | None = None
   param_dtype: Any = jnp.float32
+  mesh: Any = None
+  vocab_axis: str | None = None
+  data_axis: str | None = None
 
   def setup(self):
+    shard = _sharded_heads.vocab_partitioner(self)
     bounds, hsz = adaptive_cutoffs(
         self.in_features, self.n_classes, self.cutoffs, self.div_value
     )
     d, h = self.in_features, bounds[0] + len(hsz)
     self._bounds = bounds
-    self._head_w = self.param("head_weight", _torch_uniform(d), (d, h), self.param_dtype)
+    # Class axes carry partitioning metadata with vocab_axis (where they divide by it).
+    head_init = shard(_torch_uniform(d), (d, h), 1, name="head_weight", required=False)
+    self._head_w = self.param("head_weight", head_init, (d, h), self.param_dtype)
+    bias_init = shard(_torch_uniform(d), (h,), 0, name="head_bias", required=False)
     self._head_b = (
-        self.param("head_bias", _torch_uniform(d), (h,), self.param_dtype)
+        self.param("head_bias", bias_init, (h,), self.param_dtype)
         if self.head_bias else None
     )
     tails = []
     for i, hs in enumerate(hsz):
       osz = bounds[i + 1] - bounds[i]
       proj = self.param(f"tail_{i}_proj", _torch_uniform(d), (d, hs), self.param_dtype)
-      out = self.param(f"tail_{i}_out", _torch_uniform(hs), (hs, osz), self.param_dtype)
+      out_init = shard(_torch_uniform(hs), (hs, osz), 1, name=f"tail_{i}_out", required=False)
+      out = self.param(f"tail_{i}_out", out_init, (hs, osz), self.param_dtype)
       tails.append((proj, out))
     self._tails = tails
 
@@ -158,10 +183,25 @@ class AdaptiveLogSoftmaxWithLoss(nn.Module):
   def __call__(self, input: jax.Array, target: jax.Array) -> ASMOutput:
     """Target log-probabilities ``[...]`` and the mean NLL (torch's forward)."""
     w, tails, bounds, b = self._args()
+    if self.vocab_axis is not None:
+      out = self._sharded_logprob(input, target, None)
+      return ASMOutput(out, -jnp.mean(out))
     out, loss = _adaptive.adaptive_log_softmax_with_loss(
         input, target, w, tails, bounds, b, capacity=self.capacity
     )
     return ASMOutput(out, loss)
+
+  def _sharded_logprob(self, x, labels, ignore_index):
+    w, tails, bounds, b = self._args()
+    x = jnp.asarray(x)
+    _checks.check_floating("input", x)
+    _checks.check_integer("target", labels)
+    if jnp.shape(x)[:-1] != jnp.shape(labels) or jnp.shape(x)[-1] != self.in_features:
+      raise ValueError(f"input must be [..., {self.in_features}] and target [...] with the same"
+                       f" leading dims; got {jnp.shape(x)} and {jnp.shape(labels)}.")
+    _checks.check_labels_in_range(labels, bounds[-1], name="target", ignore_index=ignore_index)
+    return _sharded_heads.adaptive_target_logprob(self, x, labels, w, tails, bounds, b,
+                                                  ignore_index)
 
   def nll(
       self,
@@ -187,6 +227,8 @@ class AdaptiveLogSoftmaxWithLoss(nn.Module):
       fill = -1 if ignore_index is None else ignore_index
       labels = jnp.where(jnp.asarray(mask, bool), labels, fill)
       ignore_index = fill
+    if self.vocab_axis is not None:
+      return -self._sharded_logprob(x, labels, ignore_index)
     w, tails, bounds, b = self._args()
     out, _ = _adaptive.adaptive_log_softmax_with_loss(
         x, labels, w, tails, bounds, b, capacity=self.capacity,
@@ -197,11 +239,15 @@ class AdaptiveLogSoftmaxWithLoss(nn.Module):
   def log_prob(self, x: jax.Array) -> jax.Array:
     """Log-probabilities of all classes, ``[..., n_classes]``."""
     w, tails, bounds, b = self._args()
+    if self.vocab_axis is not None:
+      return _sharded_heads.adaptive_log_prob(self, jnp.asarray(x), w, tails, bounds, b)
     return _adaptive.adaptive_log_prob(x, w, tails, bounds, b)
 
   def predict(self, x: jax.Array) -> jax.Array:
     """Arg-max class ``[...]`` (torch's shortcut; exact)."""
     w, tails, bounds, b = self._args()
+    if self.vocab_axis is not None:
+      return _sharded_heads.adaptive_predict(self, jnp.asarray(x), w, tails, bounds, b)
     return _adaptive.adaptive_predict(x, w, tails, bounds, b, capacity=None)
 
 

@@ -75,10 +75,14 @@ def check_labels_in_range(
 ) -> None:
   """Checks ``lower <= labels < upper`` (entries equal to ignore_index pass).
 
-  Raises ``ValueError`` at once for concrete labels; emits a ``checkify`` check
+  Raises ``ValueError`` at once for concrete labels (skipped for global arrays
+  that are not fully addressable by this process); emits a ``checkify`` check
   for traced labels inside :func:`checked`; otherwise does nothing (callers
   turn out-of-range labels into NaN).
   """
+  if (isinstance(labels, jax.Array) and not is_traced(labels)
+      and not labels.is_fully_addressable):
+    return  # a global array spanning other processes: its values cannot be fetched here
   if not is_traced(labels):
     arr = np.asarray(labels)
     bad = (arr < lower) | (arr >= upper)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from jax_bigsoftmax import _sharded_heads
 from jax_bigsoftmax._linear_ce import linear_argmax, linear_cross_entropy
 
 # torch nn.Linear-like fan-in scaling for a [V, D] matrix (fan-in is the last axis).
@@ -39,6 +40,16 @@ class FullSoftmaxLoss(nn.Module):
     dtype: computation dtype for the matmuls (None: the inputs' dtype);
       log-sum-exp is always accumulated in float32 or wider.
     param_dtype: dtype of the parameters.
+    mesh: the ``jax.sharding.Mesh`` (Auto axes) of a vocabulary-sharded head.
+    vocab_axis: mesh axis to shard the vocabulary on. When set, ``weight`` and
+      ``bias`` carry ``nn.with_partitioning`` metadata ``(vocab_axis, None)`` /
+      ``(vocab_axis,)`` (same names and shapes: one checkpoint loads into
+      either head) and every method runs a vocabulary-parallel kernel
+      (:func:`vocab_parallel_cross_entropy`; ``log_prob`` returns ``[..., V]``
+      sharded on V; ``predict`` is a vocabulary-parallel arg-max): same values
+      and gradients as the unsharded head, and no device holds the whole
+      weight or ``[N, V]`` logits. V must divide by the size of the axis.
+    data_axis: optional mesh axis the rows of the inputs are split on.
 
   Examples:
     >>> import jax, jax.numpy as jnp, jax_bigsoftmax as jbs
@@ -61,16 +72,21 @@ class FullSoftmaxLoss(nn.Module):
   dtype: Any = None
   param_dtype: Any = jnp.float32
   weight_init: Any = default_weight_init
+  mesh: Any = None
+  vocab_axis: str | None = None
+  data_axis: str | None = None
 
   def setup(self):
     if self.num_classes < 2:
       raise ValueError(f"num_classes must be >= 2; got {self.num_classes}.")
     if self.features < 1:
       raise ValueError(f"features must be >= 1; got {self.features}.")
-    self.weight = self.param("weight", self.weight_init, (self.num_classes, self.features),
+    shard = _sharded_heads.vocab_partitioner(self)
+    v, d = self.num_classes, self.features
+    self.weight = self.param("weight", shard(self.weight_init, (v, d), 0, name="weight"), (v, d),
                              self.param_dtype)
-    self.bias = (self.param("bias", nn.initializers.zeros, (self.num_classes,), self.param_dtype)
-                 if self.use_bias else None)
+    self.bias = (self.param("bias", shard(nn.initializers.zeros, (v,), 0, name="bias"), (v,),
+                            self.param_dtype) if self.use_bias else None)
 
   def _cast(self, x):
     dtype = self.dtype or jnp.result_type(x)
@@ -80,6 +96,9 @@ class FullSoftmaxLoss(nn.Module):
 
   def __call__(self, inputs: ArrayLike, labels: ArrayLike) -> jax.Array:
     x, w, b = self._cast(inputs)
+    if self.vocab_axis is not None:
+      return _sharded_heads.cross_entropy(self, x, w, b, labels, reduction=self.reduction,
+                                          label_smoothing=self.label_smoothing)
     return linear_cross_entropy(x, w, labels, b, ignore_index=self.ignore_index,
                                 reduction=self.reduction, label_smoothing=self.label_smoothing,
                                 z_loss=self.z_loss, logit_softcap=self.logit_softcap,
@@ -87,12 +106,16 @@ class FullSoftmaxLoss(nn.Module):
 
   def nll(self, inputs: ArrayLike, labels: ArrayLike) -> jax.Array:
     x, w, b = self._cast(inputs)
+    if self.vocab_axis is not None:
+      return _sharded_heads.cross_entropy(self, x, w, b, labels, reduction="none")
     return linear_cross_entropy(x, w, labels, b, ignore_index=self.ignore_index,
                                 reduction="none", logit_softcap=self.logit_softcap,
                                 chunk_size=self.chunk_size)
 
   def log_prob(self, inputs: ArrayLike) -> jax.Array:
     x, w, b = self._cast(inputs)
+    if self.vocab_axis is not None:
+      return _sharded_heads.log_softmax(self, x, w, b)
     logits = jnp.dot(x, w.T, preferred_element_type=jnp.float32)
     if b is not None:
       logits = logits + b.astype(jnp.float32).reshape((1,) * (logits.ndim - 1) + (-1,))
@@ -102,4 +125,6 @@ class FullSoftmaxLoss(nn.Module):
 
   def predict(self, inputs: ArrayLike) -> jax.Array:
     x, w, b = self._cast(inputs)
+    if self.vocab_axis is not None:
+      return _sharded_heads.argmax(self, x, w, b)
     return linear_argmax(x, w, b, chunk_size=self.chunk_size)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jax_bigsoftmax import _checks
+from jax_bigsoftmax import _checks, _sharded_heads
 from jax_bigsoftmax._full_head import default_weight_init
 from jax_bigsoftmax._linear_ce import linear_argmax, linear_cross_entropy
 from jax_bigsoftmax._sampled import sampled_softmax_loss
@@ -44,6 +44,16 @@ class SampledSoftmaxLoss(nn.Module):
     ignore_index: label value of padded positions (loss 0).
     dtype: computation dtype (None: the inputs' dtype).
     param_dtype: dtype of the parameters.
+    mesh: the ``jax.sharding.Mesh`` (Auto axes) of a vocabulary-sharded head.
+    vocab_axis: mesh axis to shard the vocabulary on. When set, ``weight`` and
+      ``bias`` carry ``nn.with_partitioning`` metadata on V (same names and
+      shapes as unsharded) and every method runs a vocabulary-parallel kernel:
+      the sampled loss is :func:`vocab_parallel_sampled_softmax_loss` (the
+      same samples for the same ``"sampler"`` key), the exact paths
+      :func:`vocab_parallel_cross_entropy`; ``log_prob`` returns ``[..., V]``
+      sharded on V. Same values and gradients as the unsharded head. V must
+      divide by the size of the axis.
+    data_axis: optional mesh axis the rows of the inputs are split on.
 
   Examples:
     >>> import jax, jax.numpy as jnp, jax_bigsoftmax as jbs
@@ -67,6 +77,9 @@ class SampledSoftmaxLoss(nn.Module):
   dtype: Any = None
   param_dtype: Any = jnp.float32
   weight_init: Any = default_weight_init
+  mesh: Any = None
+  vocab_axis: str | None = None
+  data_axis: str | None = None
 
   def setup(self):
     if self.num_classes < 2:
@@ -79,9 +92,12 @@ class SampledSoftmaxLoss(nn.Module):
           f" {self.num_sampled}.")
     if self.num_true < 1:
       raise ValueError(f"num_true must be >= 1; got {self.num_true}.")
-    self.weight = self.param("weight", self.weight_init, (self.num_classes, self.features),
+    shard = _sharded_heads.vocab_partitioner(self)
+    v, d = self.num_classes, self.features
+    self.weight = self.param("weight", shard(self.weight_init, (v, d), 0, name="weight"), (v, d),
                              self.param_dtype)
-    self.bias = self.param("bias", nn.initializers.zeros, (self.num_classes,), self.param_dtype)
+    self.bias = self.param("bias", shard(nn.initializers.zeros, (v,), 0, name="bias"), (v,),
+                           self.param_dtype)
 
   def _cast(self, x):
     dtype = self.dtype or jnp.result_type(x)
@@ -105,8 +121,15 @@ class SampledSoftmaxLoss(nn.Module):
     _checks.check_integer("labels", labels_T)
     ignored = jnp.all(labels_T == self.ignore_index, axis=-1)
     labels_T = jnp.where(ignored[..., None], 0, labels_T)
-    if deterministic:
+    if deterministic and self.vocab_axis is not None:
+      loss = _sharded_heads.mean_true_nll(self, x, w, b, labels_T)
+    elif deterministic:
       loss = self._exact_loss(x, w, b, labels_T)
+    elif self.vocab_axis is not None:
+      loss = _sharded_heads.sampled_loss(
+          self, x, w, b, labels_T, num_sampled=self.num_sampled, num_classes=self.num_classes,
+          num_true=self.num_true, remove_accidental_hits=self.remove_accidental_hits,
+          key=self.make_rng("sampler"))
     else:
       loss = self._sampled_loss(w, b, labels_T, x)
     return jnp.where(ignored, jnp.zeros((), loss.dtype), loss)
@@ -132,15 +155,21 @@ class SampledSoftmaxLoss(nn.Module):
 
   def nll(self, inputs: ArrayLike, labels: ArrayLike) -> jax.Array:
     x, w, b = self._cast(inputs)
+    if self.vocab_axis is not None:
+      return _sharded_heads.cross_entropy(self, x, w, b, labels, reduction="none")
     return linear_cross_entropy(x, w, labels, b, ignore_index=self.ignore_index,
                                 reduction="none")
 
   def log_prob(self, inputs: ArrayLike) -> jax.Array:
     x, w, b = self._cast(inputs)
+    if self.vocab_axis is not None:
+      return _sharded_heads.log_softmax(self, x, w, b)
     logits = jnp.dot(x, w.T, preferred_element_type=jnp.float32)
     logits = logits + b.astype(jnp.float32).reshape((1,) * (logits.ndim - 1) + (-1,))
     return jax.nn.log_softmax(logits, axis=-1)
 
   def predict(self, inputs: ArrayLike) -> jax.Array:
     x, w, b = self._cast(inputs)
+    if self.vocab_axis is not None:
+      return _sharded_heads.argmax(self, x, w, b)
     return linear_argmax(x, w, b)

@@ -7,10 +7,15 @@ Usage (from the repository root, or ``python path/to/examples/lm/main.py`` from 
   python -m examples.lm.main --config=configs/lm_transformer.py --workdir=runs/tf \
       --config.head=hsigmoid --config.hsigmoid_tree=huffman
 
+2-D mesh: ``--config.mesh_shape=data=4,model=2`` splits the batch on ``data``
+and the output layer's vocabulary on ``model`` (heads full, adaptive, sampled).
+
 Multi-host: start the same command on every host with ``--distributed``
 (``jax.distributed.initialize`` detects the coordinator on Cloud TPU and
 SLURM; elsewhere pass ``--coordinator_address``, ``--num_processes`` and
-``--process_id``). ``batch_size`` is the global batch over all hosts.
+``--process_id``). ``batch_size`` is the global batch over all hosts and the
+mesh spans the devices of every process; CPU processes talk over gloo. See
+docs/beyond_one_device.md.
 """
 import os
 import sys
@@ -37,6 +42,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # keep orbax's INFO lines off the progress bar
   import jax
   if FLAGS.distributed:
+    if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") in (None, "none"):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from examples.lm import train
   cli.run_training(train.train_and_evaluate, FLAGS.config, FLAGS.workdir)

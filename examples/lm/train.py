@@ -6,20 +6,27 @@ so a run resumed from a checkpoint sees exactly the batches it would have seen.
 Validation and test perplexity use consecutive non-overlapping windows of the
 split (each starting from a fresh state) and exact log-probabilities.
 
-Data parallel: one ``("data",)`` mesh over all local devices (or
-``num_devices``); parameters replicated, batches sharded along the batch axis;
-the per-token losses are summed over the global batch and divided by the
-global token count, so 1 and 8 devices give the same loss.
+Devices: ``mesh_shape`` (e.g. ``"data=4,model=2"``) lays the devices of every
+process out on a ``("data", "model")`` mesh; the default ``""`` puts all of
+them (or ``num_devices``) on ``data``. Batches are sharded on ``data``; the
+output layer's vocabulary-sized parameters are sharded on ``model`` (the
+head's ``vocab_axis``; the rest of the model is replicated), so a vocabulary
+too big for one device still trains. The per-token losses are summed over the
+global batch and divided by the global token count, so 1 device, ``data=8``
+and ``data=4,model=2`` give the same loss. Checkpoints hold the sharded state
+and restore onto any mesh shape.
 """
 from __future__ import annotations
 
 import math
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from examples import common, data, heads
 from examples.lm import models
@@ -38,7 +45,41 @@ SCHEMA = {
     "mlp_dim": (_INT, common.positive, "an int > 0"),
     "dropout_rate": (_FLOAT, common.fraction, "a float in [0, 1)"),
     "eval_max_tokens": (_INT, common.non_negative, "0 (whole split) or an int > 0"),
+    "mesh_shape": (str, lambda v: _parse_mesh_shape(v) is not None,
+                   "'' or 'data=N' or 'data=N,model=M' (N, M > 0)"),
 }
+MESH_AXES = ("data", "model")
+
+
+def _parse_mesh_shape(text: str) -> dict[str, int] | None:
+  """``"data=4,model=2"`` -> ``{"data": 4, "model": 2}``; None if malformed."""
+  if not text.strip():
+    return {}
+  out = {}
+  for part in text.split(","):
+    name, eq, size = part.strip().partition("=")
+    if not eq or name not in MESH_AXES or name in out or not size.strip().isdigit():
+      return None
+    out[name] = int(size)
+  return out if "data" in out and all(v > 0 for v in out.values()) else None
+
+
+def make_mesh(config) -> Mesh:
+  """The ``("data", "model")`` mesh of ``config.mesh_shape`` over every device of every process.
+
+  Devices are laid out in ``jax.devices()`` order, ``model`` varying fastest, so
+  each process's devices are contiguous along ``model`` where they can be.
+  """
+  shape = _parse_mesh_shape(config.mesh_shape)
+  if not shape:
+    return common.make_mesh(config.num_devices)
+  devices = common.make_mesh(config.num_devices).devices.ravel()
+  sizes = (shape["data"], shape.get("model", 1))
+  if sizes[0] * sizes[1] != len(devices):
+    raise ValueError(f"config.mesh_shape={config.mesh_shape!r} has {sizes[0] * sizes[1]} devices"
+                     f" but {len(devices)} are in use (config.num_devices={config.num_devices})")
+  auto = (jax.sharding.AxisType.Auto,) * 2
+  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=auto)
 
 
 def check_config(config):
@@ -89,18 +130,21 @@ def eval_batches(stream: np.ndarray, *, batch_size: int, seq_len: int, max_token
            "mask": mask[i:i + batch_size]} for i in range(0, num_rows, batch_size)]
 
 
-def build(config, vocab):
-  """The model, optimizer and head spec for ``config``."""
+def build(config, vocab, mesh: Mesh | None = None):
+  """The model, optimizer and head spec for ``config`` (head sharded on ``model`` if > 1)."""
   spec = heads.spec_from_config(config, num_classes=len(vocab), features=config.hidden_dim,
                                 counts=vocab.counts)
+  if mesh is not None and mesh.shape.get("model", 1) > 1:
+    spec = heads.shard_spec(spec, mesh, vocab_axis="model", data_axis="data")
   model = models.LanguageModel(config, spec)
   return model, common.adam_with_clipping(config), spec
 
 
-def make_steps(model, tx, mesh, seed: int):
-  """Jitted, sharded ``train_step`` and ``eval_step``."""
+def make_steps(model, tx, mesh, seed: int, state_shardings=None):
+  """Jitted, sharded ``train_step`` and ``eval_step`` (state replicated unless given)."""
   base_key = jax.random.key(seed)
   repl, shard = common.replicated(mesh), common.data_sharded(mesh)
+  state_sh = repl if state_shardings is None else state_shardings
 
   def train_step(state, batch):
     rng = jax.random.fold_in(base_key, state["step"])
@@ -122,20 +166,28 @@ def make_steps(model, tx, mesh, seed: int):
     nll = model.apply({"params": state["params"]}, batch["inputs"], batch["targets"], train=False)
     return jnp.sum(nll * batch["mask"]), jnp.sum(batch["mask"])
 
-  train_step = jax.jit(train_step, in_shardings=(repl, shard), out_shardings=(repl, repl),
+  train_step = jax.jit(train_step, in_shardings=(state_sh, shard), out_shardings=(state_sh, repl),
                        donate_argnums=0)
-  eval_step = jax.jit(eval_step, in_shardings=(repl, shard), out_shardings=(repl, repl))
+  eval_step = jax.jit(eval_step, in_shardings=(state_sh, shard), out_shardings=(repl, repl))
   return train_step, eval_step
 
 
 def init_state(model, tx, config, mesh):
-  """``{"step", "params", "opt_state"}`` built under ``jit``, replicated on ``mesh``."""
+  """``{"step", "params", "opt_state"}`` built under ``jit`` on ``mesh``.
+
+  Parameters carrying partitioning metadata (the sharded head's) and their
+  optimizer moments are placed by ``nn.get_partition_spec``; the rest is
+  replicated. The returned state holds plain arrays (metadata unboxed).
+  """
 
   def init():
     params = models.init_params(model, jax.random.key(config.seed), 2, config.seq_len)
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
-  return jax.jit(init, out_shardings=common.replicated(mesh))()
+  specs = nn.get_partition_spec(jax.eval_shape(init))
+  shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                           is_leaf=lambda x: isinstance(x, P))
+  return jax.jit(lambda: nn.unbox(init()), out_shardings=shardings)()
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -154,10 +206,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     FloatingPointError: the loss became NaN or inf.
   """
   check_config(config)
-  mesh = common.make_mesh(config.num_devices)
-  common.check_batch_divisible(config.batch_size, mesh)
+  mesh = make_mesh(config)
+  if config.batch_size % mesh.shape["data"]:
+    raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the number of "
+                     f"devices on the data axis ({mesh.shape['data']})")
   vocab, streams = load_data(config)
-  model, tx, spec = build(config, vocab)
+  model, tx, spec = build(config, vocab, mesh)
   state = init_state(model, tx, config, mesh)
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   if jax.process_index() == 0:
@@ -165,8 +219,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
           f"{len(streams['test']):,} test tokens, vocabulary {len(vocab):,}; "
           f"model {config.model} + head {config.head}"
           f"{'/' + config.hsigmoid_tree if config.head == 'hsigmoid' else ''}: "
-          f"{num_params:,} parameters on {mesh.devices.size} device(s)", flush=True)
-  train_step, eval_step = make_steps(model, tx, mesh, config.seed)
+          f"{num_params:,} parameters on {mesh.devices.size} device(s) "
+          f"({', '.join(f'{k}={v}' for k, v in mesh.shape.items())}; "
+          f"{jax.process_count()} process(es))", flush=True)
+  train_step, eval_step = make_steps(model, tx, mesh, config.seed,
+                                     jax.tree.map(lambda x: x.sharding, state))
   batches = {s: eval_batches(streams[s], batch_size=config.batch_size, seq_len=config.seq_len,
                              max_tokens=config.eval_max_tokens) for s in ("valid", "test")}
 
