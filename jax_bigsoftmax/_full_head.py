@@ -98,7 +98,8 @@ class FullSoftmaxLoss(nn.Module):
     x, w, b = self._cast(inputs)
     if self.vocab_axis is not None:
       return _sharded_heads.cross_entropy(self, x, w, b, labels, reduction=self.reduction,
-                                          label_smoothing=self.label_smoothing)
+                                          label_smoothing=self.label_smoothing,
+                                          z_loss=self.z_loss)
     return linear_cross_entropy(x, w, labels, b, ignore_index=self.ignore_index,
                                 reduction=self.reduction, label_smoothing=self.label_smoothing,
                                 z_loss=self.z_loss, logit_softcap=self.logit_softcap,

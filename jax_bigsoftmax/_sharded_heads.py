@@ -101,17 +101,22 @@ def _shards(cfg) -> int:
 
 
 def cross_entropy(cfg, x, w, b, labels, *, reduction: str, label_smoothing: float = 0.0,
-                  ignore_index: int | None = None):
-  """:func:`vocab_parallel_cross_entropy` of ``x @ w.T + b``."""
+                  z_loss: float = 0.0, ignore_index: int | None = None):
+  """:func:`vocab_parallel_cross_entropy` of ``cap(x @ w.T + b)`` (the head's softcap)."""
   ignore = cfg.ignore_index if ignore_index is None else ignore_index
   return vocab_parallel_cross_entropy(x, w, labels, b, **_kw(cfg), ignore_index=ignore,
                                       reduction=reduction, label_smoothing=label_smoothing,
+                                      z_loss=z_loss, logit_softcap=_softcap(cfg),
                                       chunk_size=getattr(cfg, "chunk_size", None))
+
+
+def _softcap(cfg):
+  return getattr(cfg, "logit_softcap", None)
 
 
 def log_softmax(cfg, x, w, b):
   """``[..., V]`` log-probabilities, sharded on V."""
-  out = vocab_parallel_log_softmax(x, w, b, **_kw(cfg))
+  out = vocab_parallel_log_softmax(x, w, b, **_kw(cfg), logit_softcap=_softcap(cfg))
   return constrain_vocab_sharded(out, cfg.mesh, cfg.vocab_axis, cfg.data_axis)
 
 

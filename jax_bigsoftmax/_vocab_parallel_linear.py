@@ -19,9 +19,9 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jax.typing import ArrayLike
 
-from jax_bigsoftmax._linear_ce import _check_linear, _chunk_logits, choose_chunk_size
+from jax_bigsoftmax._linear_ce import Opts, check_linear, choose_chunk_size, linear_stats
 from jax_bigsoftmax._sharding import make_varying
-from jax_bigsoftmax._vocab_parallel import _check_mesh_axes
+from jax_bigsoftmax._vocab_parallel import _check_mesh_axes, combine_row_stats
 
 PAD_LOGIT = -1e9  # bias of a padding row: exp(PAD_LOGIT - max) is exactly 0
 
@@ -50,7 +50,7 @@ def pad_vocab(weight: jax.Array, bias: jax.Array | None, num_shards: int, *,
 
 
 def _setup(inputs, weight, bias, mesh, vocab_axis, data_axis):
-  d, vocab = _check_linear(inputs, weight, bias)
+  d, vocab = check_linear(inputs, weight, bias)
   _check_mesh_axes(mesh, vocab_axis, data_axis)
   if vocab % mesh.shape[vocab_axis]:
     raise ValueError(f"weight has V={vocab} rows, which does not divide by the size of mesh axis"
@@ -72,8 +72,9 @@ def vocab_parallel_log_softmax(
     mesh: Mesh,
     vocab_axis: str,
     data_axis: str | None = None,
+    logit_softcap: float | None = None,
 ) -> jax.Array:
-  """``log_softmax(inputs @ weight.T + bias)`` ``[..., V]``, sharded on V over ``vocab_axis``.
+  """``log_softmax(cap(inputs @ weight.T + bias))`` ``[..., V]``, sharded on V over ``vocab_axis``.
 
   Each shard computes its ``[N_local, V / P]`` block of logits and its local
   log-sum-exp; a ``pmax`` and a ``psum`` of ``[N_local]`` vectors give the
@@ -88,6 +89,8 @@ def vocab_parallel_log_softmax(
     x, w, b = make_varying((x, w, b), axes)
     z = lax.dot_general(x, w, (((1,), (1,)), ((), ())),
                         preferred_element_type=jnp.float32) + b.astype(jnp.float32)[None, :]
+    if logit_softcap is not None:
+      z = logit_softcap * jnp.tanh(z / logit_softcap)
     m = lax.pmax(lax.stop_gradient(jnp.max(z, axis=1)), vocab_axis)
     s = lax.psum(jnp.sum(jnp.exp(z - m[:, None]), axis=1), vocab_axis)
     return z - (m + jnp.log(s))[:, None]
@@ -107,13 +110,15 @@ def vocab_parallel_argmax(
     vocab_axis: str,
     data_axis: str | None = None,
     chunk_size: int | None = None,
+    logit_softcap: float | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Exact arg-max of ``inputs @ weight.T + bias`` with ``weight`` sharded on V.
+  """Exact arg-max of ``cap(inputs @ weight.T + bias)`` with ``weight`` sharded on V.
 
-  Each shard walks its ``V / P`` rows in chunks (never ``[N, V / P]`` logits)
-  keeping an online max, arg-max and sum of ``exp``; then one ``pmax``, one
-  ``psum`` and one ``pmin`` of ``[N_local]`` vectors. Ties resolve to the
-  smallest index, as ``jnp.argmax``.
+  Each shard walks its ``V / P`` rows in chunks with the statistics kernel of
+  :func:`linear_cross_entropy` (never ``[N, V / P]`` logits); the per-shard
+  maxima, arg-maxes and log-sum-exps are combined as in
+  :func:`vocab_parallel_cross_entropy`. ``jnp.argmax``'s semantics: ties
+  resolve to the smallest index, a NaN logit wins.
 
   Returns:
     ``(ids [...] int32, max logit [...], log-sum-exp [...])`` (float32 or wider):
@@ -121,35 +126,20 @@ def vocab_parallel_argmax(
   """
   lead = tuple(jnp.shape(inputs)[:-1])
   x, w, b, local_vocab = _setup(inputs, weight, bias, mesh, vocab_axis, data_axis)
-  vocab = w.shape[0]
   n_local = x.shape[0] // (mesh.shape[data_axis] if data_axis else 1)
-  c = choose_chunk_size(n_local, local_vocab, chunk_size)
+  opts = Opts(choose_chunk_size(n_local, local_vocab, chunk_size), n_local, False,
+              logit_softcap, True)
   axes = tuple(a for a in (data_axis, vocab_axis) if a is not None)
 
   def local(x, w, b):
     x, w, b = make_varying((x, w, b), axes)
     n = x.shape[0]
-
-    def body(k, carry):
-      m, s, arg = carry
-      z, start, _, fresh = _chunk_logits(x, w, b, k, c, local_vocab)
-      z = jnp.where(fresh[None, :], z, -jnp.inf)
-      j = jnp.argmax(z, axis=1)
-      v = jnp.take_along_axis(z, j[:, None], axis=1)[:, 0]
-      m_new = jnp.maximum(m, v)
-      s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(z - m_new[:, None]), axis=1)
-      arg = jnp.where(v > m, start + j, arg).astype(jnp.int32)
-      return m_new, s, arg
-
-    acc = jnp.result_type(jnp.float32, x.dtype, w.dtype)
-    init = make_varying((jnp.full((n,), -jnp.inf, acc), jnp.zeros((n,), acc),
-                         jnp.zeros((n,), jnp.int32)), axes)
-    m, s, arg = lax.fori_loop(0, -(-local_vocab // c), body, init)
-    gm = lax.pmax(m, vocab_axis)
-    lse = gm + jnp.log(lax.psum(s * jnp.exp(m - gm), vocab_axis))
-    gid = arg + lax.axis_index(vocab_axis) * local_vocab
-    ids = lax.pmin(jnp.where(m == gm, gid, vocab), vocab_axis)
-    return ids, gm, lse
+    no_label = make_varying(jnp.full((n,), -1, jnp.int32), axes)
+    keep = make_varying(jnp.ones((n,), bool), axes)
+    stats = linear_stats(opts, x, w, b, no_label, None, keep)
+    offset = lax.axis_index(vocab_axis) * local_vocab
+    stats = combine_row_stats(stats, offset, vocab_axis, aux=True)
+    return stats.arg, stats.best, stats.lse
 
   rows = P(data_axis)
   ids, m, lse = jax.shard_map(local, mesh=mesh,
