@@ -65,6 +65,8 @@ def get_config():
   config.seed = 0
   # Devices to use for data parallelism (0: all local devices).
   config.num_devices = 0
+  # Tie the output layer to the input embedding table (full head; emb_dim == hidden_dim).
+  config.tie_embeddings = False
   # Device mesh, e.g. "data=4,model=2": batch split on data, output layer's vocabulary on model
   # ("": every device on data). With --distributed it spans the devices of every process.
   config.mesh_shape = ""

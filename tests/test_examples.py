@@ -144,6 +144,17 @@ def test_lm_smoke_every_head(corpus_dir, tmp_path, head, tree):
   check_eval_is_exact(config, out["state"]["params"])
 
 
+def test_lm_tied_embeddings(corpus_dir, tmp_path):
+  config = tiny_lm(corpus_dir, tie_embeddings=True)
+  out = lm_train.train_and_evaluate(config, str(tmp_path))
+  params = out["state"]["params"]
+  assert "head" not in params and "tied_bias" in params  # one [V, D] table, no separate head
+  assert math.isfinite(out["valid_ppl"])
+  check_eval_is_exact(config, params)
+  with pytest.raises(ValueError, match="tie_embeddings"):
+    lm_train.check_config(tiny_lm(corpus_dir, tie_embeddings=True, head="adaptive"))
+
+
 def check_eval_is_exact(config, params):
   """The eval NLL equals -log_prob[label]; log_prob is normalised; predict is its arg-max."""
   vocab, streams = lm_train.load_data(config)

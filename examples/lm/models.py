@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import jax_bigsoftmax as jbs
 from examples import heads
 
 
@@ -100,20 +101,38 @@ class LanguageModel(nn.Module):
       self.backbone = TransformerBackbone(
           self.head_spec.num_classes, c.emb_dim, c.hidden_dim, c.num_layers,
           c.num_heads, c.mlp_dim, c.seq_len, c.dropout_rate)
-    self.head = heads.Head(self.head_spec)
+    if c.tie_embeddings:
+      # Tied output layer: the input embedding table [V, D] is the full softmax's weight.
+      self.tied_bias = self.param("tied_bias", nn.initializers.zeros,
+                                  (self.head_spec.num_classes,))
+    else:
+      self.head = heads.Head(self.head_spec)
+
+  def _tied(self):
+    return self.backbone.variables["params"]["embed"]["embedding"], self.tied_bias
 
   def __call__(self, tokens_BxT: jax.Array, labels_BxT: jax.Array, *, train: bool) -> jax.Array:
     """Per-token NLL ``[B, T]`` (the sampled-softmax training loss when ``train`` for that head)."""
     x = self.backbone(tokens_BxT, train=train)
+    if self.config.tie_embeddings:
+      w, b = self._tied()
+      return jbs.linear_cross_entropy(x, w, labels_BxT, b, reduction="none")
     return self.head.nll(x, labels_BxT, train=train)
 
   def log_prob(self, tokens_BxT: jax.Array) -> jax.Array:
     """Exact ``[B, T, V]`` next-token log-probabilities."""
-    return self.head.log_prob(self.backbone(tokens_BxT, train=False))
+    x = self.backbone(tokens_BxT, train=False)
+    if self.config.tie_embeddings:
+      w, b = self._tied()
+      return jax.nn.log_softmax(x @ w.T + b.reshape((1,) * (x.ndim - 1) + (-1,)), axis=-1)
+    return self.head.log_prob(x)
 
   def predict(self, tokens_BxT: jax.Array) -> jax.Array:
     """Arg-max next token ``[B, T]``."""
-    return self.head.predict(self.backbone(tokens_BxT, train=False))
+    x = self.backbone(tokens_BxT, train=False)
+    if self.config.tie_embeddings:
+      return jbs.linear_argmax(x, *self._tied())
+    return self.head.predict(x)
 
 
 def init_params(model: LanguageModel, rng: jax.Array, batch_size: int, seq_len: int):

@@ -45,6 +45,7 @@ SCHEMA = {
     "mlp_dim": (_INT, common.positive, "an int > 0"),
     "dropout_rate": (_FLOAT, common.fraction, "a float in [0, 1)"),
     "eval_max_tokens": (_INT, common.non_negative, "0 (whole split) or an int > 0"),
+    "tie_embeddings": (bool, lambda v: True, "True or False"),
     "mesh_shape": (str, lambda v: _parse_mesh_shape(v) is not None,
                    "'' or 'data=N' or 'data=N,model=M' (N, M > 0)"),
 }
@@ -85,6 +86,11 @@ def make_mesh(config) -> Mesh:
 def check_config(config):
   """Raises ``ValueError``/``TypeError`` for unknown, missing or invalid fields."""
   common.check_config(config, SCHEMA)
+  if config.tie_embeddings and (config.head != "full" or config.emb_dim != config.hidden_dim
+                                or _parse_mesh_shape(config.mesh_shape).get("model", 1) > 1):
+    raise ValueError(f"config.tie_embeddings=True needs head='full' (got {config.head!r}),"
+                     f" emb_dim == hidden_dim (got {config.emb_dim} and {config.hidden_dim})"
+                     f" and no model axis in mesh_shape (got {config.mesh_shape!r})")
   if config.model == "transformer" and config.emb_dim % config.num_heads:
     raise ValueError(f"config.emb_dim={config.emb_dim} must be divisible by "
                      f"config.num_heads={config.num_heads}")

@@ -29,6 +29,9 @@ def check_config(config):
   if config.model != "lstm":
     raise ValueError(f"config.model={config.model!r}: the NNX example has the 'lstm' backbone"
                      " only (examples/lm trains the transformer)")
+  if config.tie_embeddings:
+    raise ValueError("config.tie_embeddings=True: the NNX example has untied heads only"
+                     " (examples/lm trains a tied full head)")
 
 
 def build(config, vocab):
