@@ -97,8 +97,8 @@ def nll_loss(
     torch.nn.functional.nll_loss.
   """
   num_classes = _check_common("log_probs", log_probs, labels, weight, reduction)
-  labels = jnp.asarray(labels)
   _checks.check_labels_in_range(labels, num_classes, name="labels", ignore_index=ignore_index)
+  labels = jnp.asarray(labels)
   dtype = _checks.compute_dtype(log_probs)
   log_probs = jnp.asarray(log_probs, dtype)
   safe, w_label, bad = label_terms(labels, num_classes, weight, ignore_index, dtype)
@@ -150,8 +150,8 @@ def cross_entropy(
   """
   num_classes = _check_common("logits", logits, labels, weight, reduction)
   _checks.check_label_smoothing(label_smoothing)
-  labels = jnp.asarray(labels)
   _checks.check_labels_in_range(labels, num_classes, name="labels", ignore_index=ignore_index)
+  labels = jnp.asarray(labels)
   dtype = _checks.compute_dtype(logits)
   logits = jnp.asarray(logits, dtype)
   safe, w_label, bad = label_terms(labels, num_classes, weight, ignore_index, dtype)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from jax_bigsoftmax import _checks
 from jax_bigsoftmax._linear_ce import linear_argmax, linear_cross_entropy
 
 # torch nn.Linear-like fan-in scaling for a [V, D] matrix (fan-in is the last axis).
@@ -34,7 +35,9 @@ class FullSoftmaxLoss(nn.Module):
     label_smoothing: smoothing used by ``__call__`` (``nll`` is always exact).
     reduction: reduction used by ``__call__``.
     chunk_size: vocabulary chunk for ``linear_cross_entropy`` (None: automatic).
-    dtype: computation dtype for the matmuls (None: the inputs' dtype);
+    dtype: computation dtype for the matmuls (None: ``jnp.result_type`` of the
+      inputs and the params, as ``flax.linen.Dense``: params are never cast
+      down to the inputs' dtype, integer inputs are promoted to float);
       log-sum-exp is always accumulated in float32 or wider.
     param_dtype: dtype of the parameters.
 
@@ -69,10 +72,7 @@ class FullSoftmaxLoss(nn.Module):
                  if self.use_bias else None)
 
   def _cast(self, x):
-    dtype = self.dtype or jnp.result_type(x)
-    w = jnp.asarray(self.weight, dtype)
-    b = None if self.bias is None else jnp.asarray(self.bias, dtype)
-    return jnp.asarray(x, dtype), w, b
+    return _checks.promote_head_operands(x, self.weight, self.bias, dtype=self.dtype)
 
   def __call__(self, inputs: ArrayLike, labels: ArrayLike) -> jax.Array:
     x, w, b = self._cast(inputs)

@@ -191,8 +191,8 @@ def check_linear_ce_args(inputs, weight, labels, bias, class_weight, ignore_inde
     _checks.check_floating("class_weight", class_weight)
     _checks.check_shape("class_weight", class_weight, (vocab,), "one weight per class")
     class_weight = jnp.asarray(class_weight)
-  labels = jnp.asarray(labels)
   _checks.check_labels_in_range(labels, vocab, name="labels", ignore_index=ignore_index)
+  labels = jnp.asarray(labels)
   return d, vocab, labels, class_weight
 
 

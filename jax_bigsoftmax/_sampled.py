@@ -129,7 +129,8 @@ def _unpack_sampled_values(sampled_values, labels_shape, num_sampled=None):
   if not isinstance(sampled_values, (tuple, list)) or len(sampled_values) != 3:
     raise ValueError("sampled_values must be a tuple (sampled, true_expected_count,"
                      f" sampled_expected_count); got {type(sampled_values).__name__}.")
-  sampled, true_ec, sampled_ec = (jax.lax.stop_gradient(jnp.asarray(v)) for v in sampled_values)
+  sampled, true_ec, sampled_ec = (jax.lax.stop_gradient(_checks.as_index(v))
+                                  for v in sampled_values)
   _checks.check_integer("sampled_values[0]", sampled)
   if num_sampled is None:
     _checks.check_ndim("sampled_values[0]", sampled, ndim=1)
