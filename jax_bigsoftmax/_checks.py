@@ -55,7 +55,8 @@ def index_dtype(x: Any) -> np.dtype:
   """The integer dtype ``x`` has (or will have once JAX holds it)."""
   if isinstance(x, (jax.Array, jax.core.Tracer)):
     return np.dtype(x.dtype)
-  return np.dtype(jax.dtypes.canonicalize_dtype(np.result_type(x)))
+  dtype = getattr(x, "dtype", None)
+  return np.dtype(jax.dtypes.canonicalize_dtype(np.result_type(x) if dtype is None else dtype))
 
 
 def check_ignore_index(ignore_index: Any, labels: Any, name: str = "labels") -> None:
@@ -89,7 +90,7 @@ def addressable_chunks(x: Any) -> list[tuple[np.ndarray, tuple[int, ...]]]:
   spans other processes' devices is never fetched: only its addressable
   shards are returned (so eager checks look at the local part only).
   """
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+  if getattr(x, "is_fully_addressable", True) is False:
     chunks = []
     for shard in x.addressable_shards:
       offset = tuple(0 if s.start is None else s.start for s in shard.index)
