@@ -229,8 +229,13 @@ class SampledRows(NamedTuple):
 
 
 def _no_wrap(ids, vocab: int):
-  """Negative ids moved past the end, so they count as out of range instead of wrapping."""
-  return jnp.where(ids < 0, vocab, ids)
+  """Every out-of-range id moved to ``vocab`` (just past the end), so it counts as out of range.
+
+  Negative ids would otherwise wrap (numpy-style), and XLA's gather/scatter
+  bounds handling looks at 32 bits of an int64 index on CPU (``2**32 + 1``
+  acts as ``1``), so the range is decided here, at the ids' own width.
+  """
+  return jnp.where((ids >= 0) & (ids < vocab), ids, vocab)
 
 
 def _take_rows(table, ids):
