@@ -137,8 +137,9 @@ class SampledSoftmaxLoss(nn.Module):
 
   def log_prob(self, inputs: ArrayLike) -> jax.Array:
     x, w, b = self._cast(inputs)
-    logits = jnp.dot(x, w.T, preferred_element_type=jnp.float32)
-    logits = logits + b.astype(jnp.float32).reshape((1,) * (logits.ndim - 1) + (-1,))
+    acc = _checks.compute_dtype(x, w)  # float32 for half inputs, float64 under x64
+    logits = jnp.dot(x, w.T, preferred_element_type=acc)
+    logits = logits + b.astype(acc).reshape((1,) * (logits.ndim - 1) + (-1,))
     return jax.nn.log_softmax(logits, axis=-1)
 
   def predict(self, inputs: ArrayLike) -> jax.Array:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from jax.sharding import Mesh
 
 import jax_bigsoftmax as jbs
@@ -20,7 +20,10 @@ import jax_bigsoftmax as jbs
 X64 = bool(jax.config.jax_enable_x64)
 FLOATS = [jnp.float16, jnp.bfloat16, jnp.float32] + ([jnp.float64] if X64 else [])
 IGNORE = -100
+# No shrinking phase: a failure is reported as drawn, which keeps a failing run
+# as short as a passing one (every new shape is a new compilation).
 FUZZ = settings(max_examples=6, deadline=None, derandomize=True,
+                phases=[Phase.explicit, Phase.reuse, Phase.generate],
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -33,7 +36,13 @@ def _arr(data, shape, dtype, scale=2.0):
   seed = data.draw(st.integers(0, 2**16), label="seed")
   a = np.random.default_rng(seed).normal(0, scale, shape)
   x = jnp.asarray(a, dtype)
-  return x, np.asarray(x.astype(jnp.float32), np.float64)
+  return x, _f64(x)
+
+
+def _f64(x):
+  """float64 NumPy value of a JAX array (half types via float32, which holds them exactly)."""
+  x = jnp.asarray(x)
+  return np.asarray(x.astype(jnp.float32) if x.dtype.itemsize < 4 else x, np.float64)
 
 
 def _labels(data, shape, upper, *, ignore=False, bad_ok=True):
@@ -50,7 +59,9 @@ def _labels(data, shape, upper, *, ignore=False, bad_ok=True):
   if dtype == np.int32 and np.any((arr > 2**31 - 1) | (arr < -(2**31))):
     dtype = np.int64  # an int32 host array cannot hold them
   arr = arr.astype(dtype)
-  bad = ((arr < 0) | (arr >= upper)) & ~((arr == IGNORE) if ignore else False)
+  bad = (arr < 0) | (arr >= upper)
+  if ignore:
+    bad &= arr != IGNORE
   return arr, bool(bad.any()), bad
 
 
@@ -100,7 +111,7 @@ def test_fuzz_exact_family(data):
   got = _outcome(lambda: jbs.nll_loss(jnp.asarray(_log_softmax(logits64), dtype), y,
                                       reduction=reduction), bad)
   if got is not None:
-    ref_lp = np.asarray(jnp.asarray(_log_softmax(logits64), dtype).astype(jnp.float32), np.float64)
+    ref_lp = _f64(jnp.asarray(_log_softmax(logits64), dtype))
     _close(got, _ce_ref(ref_lp, y, reduction) if n else _ce_ref(logits64, y, reduction), dtype)
   x, x64 = _arr(data, (n, d), dtype, 1.0)
   w, w64 = _arr(data, (v, d), dtype, 1.0)
@@ -132,8 +143,8 @@ def _hs_default_ref(x64, w64, b64, c):
 @FUZZ
 @given(st.data())
 def test_fuzz_hsigmoid(data):
-  n = data.draw(st.integers(1, 4), label="N")
-  c = data.draw(st.integers(2, 9), label="C")
+  n = data.draw(st.sampled_from([1, 3]), label="N")
+  c = data.draw(st.sampled_from([2, 5, 9]), label="C")
   d = data.draw(st.integers(1, 3), label="D")
   dtype = data.draw(st.sampled_from(FLOATS), label="dtype")
   y, bad, _ = _labels(data, (n,), c)
@@ -278,7 +289,7 @@ def test_fuzz_heads(data):
   np.testing.assert_allclose(np.exp(lp).sum(-1), 1.0, rtol=_tol(in_dtype) * 10)
   # Reference log-probabilities from the float64 params and the inputs' values.
   p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
-  x64 = np.asarray(jnp.asarray(x).astype(jnp.float32), np.float64)
+  x64 = _f64(x)
   if name in ("full", "sampled"):
     ref = _log_softmax(x64 @ p64["weight"].T + p64["bias"])
     _close(lp, ref, in_dtype)
