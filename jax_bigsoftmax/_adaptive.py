@@ -176,6 +176,9 @@ def _prepare(input, label, head_weight, tail_weights, cutoffs, head_bias):
         "tail_weights must be a sequence of (proj, out) pairs; got"
         f" {type(tail_weights).__name__}."
     )
+  if shape[-1] < 1:
+    raise ValueError(f"input must have at least one feature (shape [..., D] with D >= 1); got"
+                     f" shape {tuple(shape)}.")
   bounds = full_cutoffs(cutoffs, tail_weights)
   _check_params(head_weight, tail_weights, bounds, head_bias, shape[-1])
   x = jnp.reshape(jnp.asarray(input), (-1, shape[-1]))
@@ -183,7 +186,10 @@ def _prepare(input, label, head_weight, tail_weights, cutoffs, head_bias):
     return x, None, bounds, shape[:-1]
   _checks.check_integer("label", label)
   _checks.check_batch_match("input", shape, "label", jnp.shape(label))
-  return x, jnp.reshape(jnp.asarray(label), (-1,)), bounds, shape[:-1]
+  # Host labels stay NumPy (int64 not narrowed) until their range is checked;
+  # callers then convert them with ``_checks.as_index``.
+  label = label if isinstance(label, (jax.Array, jax.core.Tracer)) else np.asarray(label)
+  return x, label.reshape(-1), bounds, shape[:-1]
 
 
 # ----------------------------------------------------------------------------
@@ -359,7 +365,7 @@ def target_logprob(x, labels, head_weight, tail_weights, head_bias, *, bounds, c
     lo, hi = bounds[i], bounds[i + 1]
     mask = (labels >= lo) & (labels < hi)
     result = result + _cluster_logprob(
-        caps[i], x, proj, out, (labels - lo).astype(jnp.int32), mask
+        caps[i], x, proj, out, _checks.saturate_int32(labels - lo), mask
     )
   result = jnp.where(ignored, 0, result)
   return jnp.where(bad, jnp.nan, result)
@@ -448,6 +454,7 @@ def adaptive_log_softmax_with_loss(
   _checks.check_labels_in_range(
       labels, bounds[-1], name="label", ignore_index=ignore_index
   )
+  labels = _checks.as_index(labels)
   out = target_logprob(
       x, labels, jnp.asarray(head_weight),
       [(jnp.asarray(p), jnp.asarray(o)) for p, o in tail_weights],

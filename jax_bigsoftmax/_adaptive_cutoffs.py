@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jax_bigsoftmax import _checks
+
 
 def _check_counts(counts) -> np.ndarray:
   c = np.asarray(counts)
@@ -64,6 +66,8 @@ def adaptive_cost(
   with ``p_i`` its share of the counts. ``cutoffs`` in torch's form.
   """
   c = _check_counts(counts)
+  div_value = _checks.check_div_value(div_value)
+  in_features = _checks.check_positive_int("in_features", in_features)
   bounds = [int(v) for v in cutoffs] + [c.size]
   cum = np.concatenate([[0.0], np.cumsum(c)])
   total = cum[-1] if cum[-1] > 0 else 1.0
@@ -125,6 +129,8 @@ def suggest_cutoffs(
     Grave et al., "Efficient softmax approximation for GPUs", 2016, Sec. 3-4.
   """
   c = _check_counts(counts)
+  div_value = _checks.check_div_value(div_value)
+  in_features = _checks.check_positive_int("in_features", in_features)
   v = c.size
   if v < 2:
     raise ValueError(f"counts must cover at least 2 classes; got {v}.")

@@ -69,8 +69,7 @@ def adaptive_cutoffs(
         " an increasing order, where each value is between 1 and"
         f" n_classes-1={n_classes - 1}; got {cut}."
     )
-  if not div_value > 0:
-    raise ValueError(f"div_value must be > 0; got {div_value!r}.")
+  div_value = _checks.check_div_value(div_value)
   bounds = tuple(int(c) for c in cut) + (int(n_classes),)
   hsz = []
   for i in range(len(cut)):
@@ -225,7 +224,8 @@ class AdaptiveLogSoftmaxWithLoss(nn.Module):
         )
       _checks.check_integer("labels", labels)
       fill = -1 if ignore_index is None else ignore_index
-      labels = jnp.where(jnp.asarray(mask, bool), labels, fill)
+      _checks.check_ignore_index(fill, labels)
+      labels = jnp.where(jnp.asarray(mask, bool), _checks.as_index(labels), fill)
       ignore_index = fill
     if self.vocab_axis is not None:
       return -self._sharded_logprob(x, labels, ignore_index)

@@ -3,15 +3,13 @@
 Static metadata (rank, shape, dtype, options) is checked at trace time and
 raises ``ValueError``/``TypeError`` naming the argument, the value seen and the
 value expected. Label *values* are data: they are checked eagerly when the
-labels are concrete (not traced), and inside ``jit`` only when the function is
-wrapped by :func:`checked` (``checkify``); otherwise an out-of-range label
-yields NaN, never a plausible number.
+labels are concrete (not traced), and inside ``jit`` by a
+``checkify.debug_check`` that :func:`checked` turns into an error; otherwise
+an out-of-range label yields NaN, never a plausible number. Integer ids are
+range-checked at their own width, never after narrowing to int32.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,51 +20,120 @@ from jax.experimental import checkify
 
 _REDUCTIONS = ("mean", "sum", "none")
 
-_state = threading.local()
-
-
-def _checks_enabled() -> bool:
-  return getattr(_state, "enabled", 0) > 0
-
-
-@contextlib.contextmanager
-def _enable_checks():
-  _state.enabled = getattr(_state, "enabled", 0) + 1
-  try:
-    yield
-  finally:
-    _state.enabled -= 1
-
 
 def checked(fn: Callable[..., Any]) -> Callable[..., tuple[Any, Any]]:
-  """Wraps ``fn`` so that label-range checks run even under ``jit``.
+  """Wraps ``fn`` so that label-range checks raise even under ``jit``.
 
-  The returned function has ``checkify.checkify``'s calling convention: it
+  The returned function is ``checkify.checkify(fn, errors=user_checks)``: it
   returns ``(error, out)``; call ``error.throw()`` to raise a clear
-  ``JaxRuntimeError`` when any label handed to a jax_bigsoftmax loss inside
-  ``fn`` was out of range.
+  ``JaxRuntimeError`` when any label (or tree node, or sample id) handed to a
+  jax_bigsoftmax function inside ``fn`` was out of range.
+
+  Every traced range check is a ``checkify.debug_check``, part of the traced
+  function itself: a no-op when the function is not checkified, an error
+  under :func:`checked`. Nothing depends on *when* a function was traced, so
+  ``checked(g)`` of an already-jitted ``g`` checks it, and leaves ``g``'s
+  own (unchecked) calls working as before.
 
   Examples:
     >>> import jax, jax.numpy as jnp, jax_bigsoftmax as jbs
     >>> f = jax.jit(jbs.checked(lambda x, y: jbs.cross_entropy(x, y)))
     >>> err, loss = f(jnp.zeros((2, 3)), jnp.array([0, 2]))
     >>> err.throw()  # no error: labels are in range
+    >>> err, loss = f(jnp.zeros((2, 3)), jnp.array([0, 7]))
+    >>> print(err.get().splitlines()[0])
+    labels must lie in [0, 3); found out-of-range value 7 (`check` failed)
   """
-
-  @functools.wraps(fn)
-  def with_checks(*args, **kwargs):
-    with _enable_checks():
-      return fn(*args, **kwargs)
-
-  return checkify.checkify(with_checks, errors=checkify.user_checks)
+  return checkify.checkify(fn, errors=checkify.user_checks)
 
 
 def is_traced(x: Any) -> bool:
   return isinstance(x, jax.core.Tracer)
 
 
+def index_dtype(x: Any) -> np.dtype:
+  """The integer dtype ``x`` has (or will have once JAX holds it)."""
+  if isinstance(x, (jax.Array, jax.core.Tracer)):
+    return np.dtype(x.dtype)
+  dtype = getattr(x, "dtype", None)
+  return np.dtype(jax.dtypes.canonicalize_dtype(np.result_type(x) if dtype is None else dtype))
+
+
+def check_ignore_index(ignore_index: Any, labels: Any, name: str = "labels") -> None:
+  """``ignore_index`` must be a Python int that the labels' dtype can hold.
+
+  A value the dtype cannot hold (``2**40`` for int32 labels) would otherwise
+  overflow inside JAX or, for NumPy int64 labels narrowed to int32, wrap onto
+  a real class.
+  """
+  if ignore_index is None:
+    return
+  if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+    raise TypeError(f"ignore_index must be a Python int; got {ignore_index!r} of type"
+                    f" {type(ignore_index).__name__}.")
+  dtype = index_dtype(labels)
+  if not jnp.issubdtype(dtype, jnp.integer):
+    return  # the caller's dtype check names the labels
+  info = np.iinfo(dtype)
+  if not info.min <= int(ignore_index) <= info.max:
+    raise ValueError(
+        f"ignore_index={int(ignore_index)} does not fit in the dtype of {name} ({dtype}, range"
+        f" [{info.min}, {info.max}]); use an ignore_index in that range (or int64 {name} with"
+        " jax_enable_x64).")
+
+
+def addressable_chunks(x: Any) -> list[tuple[np.ndarray, tuple[int, ...]]]:
+  """Host values of ``x`` this process can read, with their offsets in ``x``.
+
+  A NumPy array or a fully addressable ``jax.Array`` is one chunk (NumPy
+  values keep their own width: int64 is not narrowed). A global array that
+  spans other processes' devices is never fetched: only its addressable
+  shards are returned (so eager checks look at the local part only).
+  """
+  if getattr(x, "is_fully_addressable", True) is False:
+    chunks = []
+    for shard in x.addressable_shards:
+      offset = tuple(0 if s.start is None else s.start for s in shard.index)
+      chunks.append((np.asarray(shard.data), offset))
+    return chunks
+  arr = np.asarray(x)
+  return [(arr, (0,) * arr.ndim)]
+
+
+def as_index(ids: Any) -> jax.Array:
+  """``jnp.asarray`` for integer ids that never wraps.
+
+  Host (NumPy / Python) values wider than JAX's canonical integer (int64
+  without ``jax_enable_x64``) are clipped to its range first, so
+  ``2**32 + 1`` stays out of range instead of becoming ``1``.
+  """
+  if isinstance(ids, (jax.Array, jax.core.Tracer)):
+    return ids
+  arr = np.asarray(ids)
+  dtype = np.dtype(jax.dtypes.canonicalize_dtype(arr.dtype))
+  if jnp.issubdtype(arr.dtype, jnp.integer) and dtype != arr.dtype:
+    info = np.iinfo(dtype)
+    arr = np.clip(arr, info.min, info.max).astype(dtype)
+  return jnp.asarray(arr)
+
+
+def saturate_int32(ids: Any) -> jax.Array:
+  """int32 copy of integer ``ids`` that clips instead of wrapping.
+
+  ``2**32 + 1`` becomes ``2**31 - 1`` (still out of range for any real table)
+  rather than ``1``. Compute range masks on the original ids; use this only
+  for the gather/scatter indices.
+  """
+  ids = as_index(ids)
+  info, i32 = jnp.iinfo(ids.dtype), jnp.iinfo(jnp.int32)
+  if info.min < i32.min or info.max > i32.max:
+    lo = max(info.min, i32.min)
+    ids = jnp.clip(ids, jnp.asarray(lo, ids.dtype), jnp.asarray(i32.max, ids.dtype))
+  return ids.astype(jnp.int32)
+
+
 def check_labels_in_range(
-    labels: jax.Array,
+    labels: Any,
     upper: int,
     *,
     name: str,
@@ -75,36 +142,41 @@ def check_labels_in_range(
 ) -> None:
   """Checks ``lower <= labels < upper`` (entries equal to ignore_index pass).
 
-  Raises ``ValueError`` at once for concrete labels (skipped for global arrays
-  that are not fully addressable by this process); emits a ``checkify`` check
-  for traced labels inside :func:`checked`; otherwise does nothing (callers
-  turn out-of-range labels into NaN).
+  Pass the labels as the caller received them (before ``jnp.asarray``), so
+  NumPy int64 values are checked before JAX narrows them to int32.
+
+  Raises ``ValueError`` at once for concrete labels (looking only at the
+  shards this process can address); for traced labels emits a
+  ``checkify.debug_check`` (an error under :func:`checked`, a no-op
+  otherwise: callers turn out-of-range labels into NaN).
   """
-  if (isinstance(labels, jax.Array) and not is_traced(labels)
-      and not labels.is_fully_addressable):
-    return  # a global array spanning other processes: its values cannot be fetched here
+  check_ignore_index(ignore_index, labels, name)
   if not is_traced(labels):
-    arr = np.asarray(labels)
-    bad = (arr < lower) | (arr >= upper)
-    if ignore_index is not None:
-      bad &= arr != ignore_index
-    if bad.any():
-      where = np.argwhere(bad)[:3].tolist()
-      vals = arr[bad][:3].tolist()
-      extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
-      raise ValueError(
-          f"{name} must lie in [{lower}, {upper}){extra}; got {vals} at"
-          f" positions {where} (showing at most 3)."
-      )
-  elif _checks_enabled():
-    ok = (labels >= lower) & (labels < upper)
-    if ignore_index is not None:
-      ok |= labels == ignore_index
-    checkify.check(
-        jnp.all(ok),
-        f"{name} must lie in [{lower}, {upper}); found out-of-range value {{v}}",
-        v=jnp.where(ok, lower, labels).ravel()[jnp.argmin(ok.ravel())],
-    )
+    for arr, offset in addressable_chunks(labels):
+      bad = (arr < lower) | (arr >= upper)
+      if ignore_index is not None:
+        bad &= arr != ignore_index
+      if bad.any():
+        where = (np.argwhere(bad)[:3] + np.asarray(offset, np.int64)).tolist()
+        vals = arr[bad][:3].tolist()
+        extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+        raise ValueError(
+            f"{name} must lie in [{lower}, {upper}){extra}; got {vals} at"
+            f" positions {where} (showing at most 3)."
+        )
+    return
+  labels = jnp.asarray(labels)
+  if labels.size == 0:
+    return
+  ok = (labels >= lower) & (labels < upper)
+  if ignore_index is not None:
+    ok |= labels == ignore_index
+  flat_ok, flat = ok.ravel(), labels.ravel()
+  checkify.debug_check(
+      jnp.all(ok),
+      f"{name} must lie in [{lower}, {upper}); found out-of-range value {{v}}",
+      v=flat[jnp.argmin(flat_ok)],
+  )
 
 
 def check_reduction(reduction: str) -> None:
@@ -176,3 +248,39 @@ def compute_dtype(*xs: Any) -> jnp.dtype:
   if not jnp.issubdtype(dtype, jnp.floating) or jnp.finfo(dtype).bits < 32:
     return jnp.dtype(jnp.float32)
   return dtype
+
+
+def promote_head_operands(inputs: Any, *params: Any, dtype: Any = None) -> tuple[Any, ...]:
+  """Inputs and parameters of a head cast to one floating computation dtype.
+
+  ``dtype=None``: ``jnp.result_type(inputs, *params)`` (as ``flax.linen.Dense``
+  promotes), so parameters are never cast down to the inputs' dtype: integer
+  inputs are promoted to the parameters' float dtype, half-precision inputs
+  meet float32 parameters in float32. An explicit ``dtype`` (a mixed-precision
+  choice) must be floating. ``None`` params pass through.
+  """
+  present = [p for p in params if p is not None]
+  if dtype is None:
+    dtype = jnp.result_type(inputs, *present)
+  dtype = jnp.dtype(dtype)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"the head's computation dtype must be floating; got {dtype} (inputs dtype"
+                    f" {jnp.result_type(inputs)}, dtype attribute {dtype}).")
+  return tuple(None if a is None else jnp.asarray(a, dtype) for a in (inputs, *params))
+
+
+def check_div_value(div_value: Any) -> float:
+  """Adaptive softmax's ``div_value``: a finite real number > 0 (hsz = D // div**(i+1))."""
+  if isinstance(div_value, bool) or not isinstance(div_value, (int, float, np.integer,
+                                                               np.floating)):
+    raise TypeError(f"div_value must be a real number; got {div_value!r} of type"
+                    f" {type(div_value).__name__}.")
+  if not (np.isfinite(div_value) and div_value > 0):
+    raise ValueError(f"div_value must be a finite number > 0; got {div_value!r}.")
+  return float(div_value)
+
+
+def check_positive_int(name: str, value: Any) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive int; got {value!r}.")
+  return int(value)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jax_bigsoftmax import _sharded_heads
+from jax_bigsoftmax import _checks, _sharded_heads
 from jax_bigsoftmax._linear_ce import linear_argmax, linear_cross_entropy
 
 # torch nn.Linear-like fan-in scaling for a [V, D] matrix (fan-in is the last axis).
@@ -37,7 +37,9 @@ class FullSoftmaxLoss(nn.Module):
     logit_softcap: logits become ``c * tanh(z / c)`` in every method (Gemma 2).
     reduction: reduction used by ``__call__``.
     chunk_size: vocabulary chunk for ``linear_cross_entropy`` (None: automatic).
-    dtype: computation dtype for the matmuls (None: the inputs' dtype);
+    dtype: computation dtype for the matmuls (None: ``jnp.result_type`` of the
+      inputs and the params, as ``flax.linen.Dense``: params are never cast
+      down to the inputs' dtype, integer inputs are promoted to float);
       log-sum-exp is always accumulated in float32 or wider.
     param_dtype: dtype of the parameters.
     mesh: the ``jax.sharding.Mesh`` (Auto axes) of a vocabulary-sharded head.
@@ -89,10 +91,7 @@ class FullSoftmaxLoss(nn.Module):
                             self.param_dtype) if self.use_bias else None)
 
   def _cast(self, x):
-    dtype = self.dtype or jnp.result_type(x)
-    w = jnp.asarray(self.weight, dtype)
-    b = None if self.bias is None else jnp.asarray(self.bias, dtype)
-    return jnp.asarray(x, dtype), w, b
+    return _checks.promote_head_operands(x, self.weight, self.bias, dtype=self.dtype)
 
   def __call__(self, inputs: ArrayLike, labels: ArrayLike) -> jax.Array:
     x, w, b = self._cast(inputs)
@@ -117,9 +116,10 @@ class FullSoftmaxLoss(nn.Module):
     x, w, b = self._cast(inputs)
     if self.vocab_axis is not None:
       return _sharded_heads.log_softmax(self, x, w, b)
-    logits = jnp.dot(x, w.T, preferred_element_type=jnp.float32)
+    acc = _checks.compute_dtype(x, w)  # float32 for half inputs, float64 under x64
+    logits = jnp.dot(x, w.T, preferred_element_type=acc)
     if b is not None:
-      logits = logits + b.astype(jnp.float32).reshape((1,) * (logits.ndim - 1) + (-1,))
+      logits = logits + b.astype(acc).reshape((1,) * (logits.ndim - 1) + (-1,))
     if self.logit_softcap is not None:
       logits = self.logit_softcap * jnp.tanh(logits / self.logit_softcap)
     return jax.nn.log_softmax(logits, axis=-1)

@@ -16,6 +16,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
@@ -133,10 +134,13 @@ _path_nll.defvjp(_path_nll_fwd, _path_nll_bwd)
 def _labels_2d(label, lead):
   """Accepts ``[...]`` or Paddle's ``[..., 1]``; returns ``[...]``."""
   ls = tuple(jnp.shape(label))
+  # Host labels stay NumPy (int64 not narrowed) until their range is checked.
+  if not isinstance(label, (jax.Array, jax.core.Tracer)):
+    label = np.asarray(label)
   if ls == tuple(lead):
-    return jnp.asarray(label)
+    return label
   if ls == tuple(lead) + (1,):
-    return jnp.asarray(label)[..., 0]
+    return label[..., 0]
   raise ValueError(f"label must have shape {tuple(lead)} or {tuple(lead) + (1,)} (the leading"
                    f" dims of input {tuple(lead) + ('D',)}); got {ls}.")
 
@@ -230,13 +234,14 @@ def hsigmoid_loss(
   else:
     _default_rows(num_classes, rows)
     _checks.check_labels_in_range(label, num_classes, name="label")
+  label = _checks.as_index(label)
 
   d = jnp.shape(input)[-1]
   x = jnp.reshape(input, (-1, d))
   if custom:
     length = jnp.shape(path_table)[-1]
-    path_table = jnp.reshape(path_table, (-1, length))
-    path_code = jnp.reshape(path_code, (-1, length))
+    path_table = jnp.reshape(_checks.as_index(path_table), (-1, length))
+    path_code = jnp.reshape(_checks.as_index(path_code), (-1, length))
   loss = _loss_impl(x, label.reshape(-1), weight, bias, path_table, path_code,
                     num_classes=num_classes, paddle_compat=bool(paddle_compat))
   return loss.reshape(lead + (1,))
@@ -329,6 +334,7 @@ def hsigmoid_log_prob(
   """
   rows = _check_weight_bias(input, weight, bias)
   c = _class_count(num_classes, path_table, path_code, rows)
+  path_table, path_code = _tree.as_tables(path_table, path_code)
   d = jnp.shape(input)[-1]
   lead = tuple(jnp.shape(input)[:-1])
   lp = _log_prob_impl(jnp.reshape(input, (-1, d)), weight, bias, path_table, path_code,
@@ -392,7 +398,7 @@ def _search_one(x_D, weight, bias, children, min_class, root, rows, max_steps, d
     score = jnp.where(live, prefix, neg)
     best = jnp.max(score)
     pick = slots == jnp.argmin(jnp.where(live & (score == best), minc, big))
-    node = jnp.sum(jnp.where(pick, ids, 0))
+    node = jnp.sum(jnp.where(pick, ids, 0), dtype=jnp.int32)
     p = jnp.max(jnp.where(pick, prefix, neg))
     leaf = node >= rows
     empty = ~jnp.any(live)
@@ -469,6 +475,7 @@ def hsigmoid_predict(
     raise ValueError(f"method must be 'auto', 'search' or 'dense'; got {method!r}.")
   rows = _check_weight_bias(input, weight, bias)
   c = _class_count(num_classes, path_table, path_code, rows)
+  path_table, path_code = _tree.as_tables(path_table, path_code)
   d = jnp.shape(input)[-1]
   lead = tuple(jnp.shape(input)[:-1])
   x = jnp.reshape(input, (-1, d))

@@ -58,11 +58,19 @@ def table_paths(path_table: jax.Array, path_code: jax.Array):
   A position is valid while no negative ``path_table`` entry came before it
   (Paddle's ``CustomCode::get_length``); any non-zero code is bit 1.
   """
-  path_table = jnp.asarray(path_table)
+  path_table = _checks.as_index(path_table)
   valid = lax.cummin((path_table >= 0).astype(jnp.int32), axis=path_table.ndim - 1) > 0
-  nodes = jnp.where(valid, path_table, 0).astype(jnp.int32)
-  bits = valid & (jnp.asarray(path_code) != 0)
+  # Saturate, never wrap: an int64 node 2**32 + 1 must stay out of range.
+  nodes = _checks.saturate_int32(jnp.where(valid, path_table, 0))
+  bits = valid & (_checks.as_index(path_code) != 0)
   return nodes, bits, valid
+
+
+def as_tables(path_table, path_code):
+  """Tables as JAX integer arrays, host int64 values clipped rather than wrapped."""
+  if path_table is None:
+    return None, None
+  return _checks.as_index(path_table), _checks.as_index(path_code)
 
 
 def check_tables(path_table, path_code, lead, *, per: str):
@@ -87,17 +95,25 @@ def check_tables(path_table, path_code, lead, *, per: str):
 
 
 def check_nodes_in_range(path_table, num_nodes: int) -> None:
-  """Eager ValueError when concrete tables name a row >= ``num_nodes``."""
+  """Node rows on a path (before its first negative entry) must be < ``num_nodes``.
+
+  Concrete tables: ``ValueError`` at once (addressable shards only, at the
+  tables' own integer width). Traced tables: a ``checkify.debug_check``, an
+  error under :func:`jax_bigsoftmax.checked` (callers give NaN otherwise).
+  """
   if _checks.is_traced(path_table):
+    valid = lax.cummin((path_table >= 0).astype(jnp.int32), axis=path_table.ndim - 1) > 0
+    on_path = jnp.where(valid, path_table, 0)
+    _checks.check_labels_in_range(on_path, num_nodes, name="path_table (node rows of weight)")
     return
-  table = np.asarray(path_table)
-  valid = np.minimum.accumulate(table >= 0, axis=-1)
-  bad = valid & (table >= num_nodes)
-  if bad.any():
-    pos = np.argwhere(bad)[:3].tolist()
-    vals = table[bad][:3].tolist()
-    raise ValueError(f"path_table names node {vals} at positions {pos}, but weight has only"
-                     f" {num_nodes} rows (node indices must lie in [0, {num_nodes})).")
+  for table, offset in _checks.addressable_chunks(path_table):
+    valid = np.minimum.accumulate(table >= 0, axis=-1)
+    bad = valid & (table >= num_nodes)
+    if bad.any():
+      pos = (np.argwhere(bad)[:3] + np.asarray(offset, np.int64)).tolist()
+      vals = table[bad][:3].tolist()
+      raise ValueError(f"path_table names node {vals} at positions {pos}, but weight has only"
+                       f" {num_nodes} rows (node indices must lie in [0, {num_nodes})).")
 
 
 def default_tree(num_classes: int) -> tuple[jax.Array, jax.Array]:

@@ -184,7 +184,8 @@ def _unpack_sampled_values(sampled_values, labels_shape, num_sampled=None):
   if not isinstance(sampled_values, (tuple, list)) or len(sampled_values) != 3:
     raise ValueError("sampled_values must be a tuple (sampled, true_expected_count,"
                      f" sampled_expected_count); got {type(sampled_values).__name__}.")
-  sampled, true_ec, sampled_ec = (jax.lax.stop_gradient(jnp.asarray(v)) for v in sampled_values)
+  sampled, true_ec, sampled_ec = (jax.lax.stop_gradient(_checks.as_index(v))
+                                  for v in sampled_values)
   _checks.check_integer("sampled_values[0]", sampled)
   if num_sampled is None:
     _checks.check_ndim("sampled_values[0]", sampled, ndim=1)
@@ -487,8 +488,13 @@ class SampledRows(NamedTuple):
 
 
 def _no_wrap(ids, vocab: int):
-  """Negative ids moved past the end, so they count as out of range instead of wrapping."""
-  return jnp.where(ids < 0, vocab, ids)
+  """Every out-of-range id moved to ``vocab`` (just past the end), so it counts as out of range.
+
+  Negative ids would otherwise wrap (numpy-style), and XLA's gather/scatter
+  bounds handling looks at 32 bits of an int64 index on CPU (``2**32 + 1``
+  acts as ``1``), so the range is decided here, at the ids' own width.
+  """
+  return jnp.where((ids >= 0) & (ids < vocab), ids, vocab)
 
 
 def _take_rows(table, ids):

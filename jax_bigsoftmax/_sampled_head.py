@@ -42,7 +42,9 @@ class SampledSoftmaxLoss(nn.Module):
     num_true: T, targets per example.
     remove_accidental_hits: mask sampled classes equal to a target.
     ignore_index: label value of padded positions (loss 0).
-    dtype: computation dtype (None: the inputs' dtype).
+    dtype: computation dtype (None: ``jnp.result_type`` of the inputs and the
+      params, as ``flax.linen.Dense``: params are never cast down to the
+      inputs' dtype, integer inputs are promoted to float).
     param_dtype: dtype of the parameters.
     mesh: the ``jax.sharding.Mesh`` (Auto axes) of a vocabulary-sharded head.
     vocab_axis: mesh axis to shard the vocabulary on. When set, ``weight`` and
@@ -100,27 +102,29 @@ class SampledSoftmaxLoss(nn.Module):
                            self.param_dtype)
 
   def _cast(self, x):
-    dtype = self.dtype or jnp.result_type(x)
-    return jnp.asarray(x, dtype), jnp.asarray(self.weight, dtype), jnp.asarray(self.bias, dtype)
+    return _checks.promote_head_operands(x, self.weight, self.bias, dtype=self.dtype)
 
   def _labels(self, x, labels):
     lead = tuple(jnp.shape(x)[:-1])
     shape = tuple(jnp.shape(labels))
     if self.num_true == 1 and shape == lead:
-      return jnp.asarray(labels)[..., None]
+      return _checks.as_index(labels)[..., None]
     if shape != lead + (self.num_true,):
       raise ValueError(
           f"labels must have shape {lead + (self.num_true,)} ([..., num_true])"
           + (f" or {lead}" if self.num_true == 1 else "") + f"; got {shape}.")
-    return jnp.asarray(labels)
+    return _checks.as_index(labels)
 
   def __call__(self, inputs: ArrayLike, labels: ArrayLike, *,
                deterministic: bool = False) -> jax.Array:
     x, w, b = self._cast(inputs)
     labels_T = self._labels(x, labels)
     _checks.check_integer("labels", labels_T)
+    _checks.check_ignore_index(self.ignore_index, labels_T)
     ignored = jnp.all(labels_T == self.ignore_index, axis=-1)
     labels_T = jnp.where(ignored[..., None], 0, labels_T)
+    # Every true column (not only the first) is checked, on both paths.
+    _checks.check_labels_in_range(labels_T, self.num_classes, name="labels")
     if deterministic and self.vocab_axis is not None:
       loss = _sharded_heads.mean_true_nll(self, x, w, b, labels_T)
     elif deterministic:
@@ -164,8 +168,9 @@ class SampledSoftmaxLoss(nn.Module):
     x, w, b = self._cast(inputs)
     if self.vocab_axis is not None:
       return _sharded_heads.log_softmax(self, x, w, b)
-    logits = jnp.dot(x, w.T, preferred_element_type=jnp.float32)
-    logits = logits + b.astype(jnp.float32).reshape((1,) * (logits.ndim - 1) + (-1,))
+    acc = _checks.compute_dtype(x, w)  # float32 for half inputs, float64 under x64
+    logits = jnp.dot(x, w.T, preferred_element_type=acc)
+    logits = logits + b.astype(acc).reshape((1,) * (logits.ndim - 1) + (-1,))
     return jax.nn.log_softmax(logits, axis=-1)
 
   def predict(self, inputs: ArrayLike) -> jax.Array:

@@ -122,8 +122,13 @@ def vocab_parallel_sampled_softmax_loss(
   x = jnp.asarray(inputs).reshape(-1, dim)
   w = jnp.asarray(weights)
   b = jnp.zeros((vocab,), w.dtype) if biases is None else jnp.asarray(biases)
-  lab = jnp.asarray(labels).reshape(-1, num_true).astype(jnp.int32)
-  sampled = sampled.astype(jnp.int32)
+  # Range masks on the ids at their own width; saturating int32 copies (an
+  # int64 id 2**32 + 1 must not wrap onto row 1) for the gathers.
+  lab_wide = _checks.as_index(labels).reshape(-1, num_true)
+  bad = jnp.any((lab_wide < 0) | (lab_wide >= num_classes), axis=-1)
+  bad |= jnp.any((sampled < 0) | (sampled >= vocab))
+  lab = _checks.saturate_int32(lab_wide)
+  sampled = _checks.saturate_int32(sampled)
   true_ec = true_ec.reshape(-1, num_true)
   local_vocab = vocab // mesh.shape[vocab_axis]
   def gather_owned(w_l, b_l, ids):
@@ -146,8 +151,6 @@ def vocab_parallel_sampled_softmax_loss(
            P(data_axis, None), P())
   loss = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=rows)(
       x, w, b, lab, sampled, true_ec, sampled_ec)
-  bad = jnp.any((lab < 0) | (lab >= num_classes), axis=-1)
-  bad |= jnp.any((sampled < 0) | (sampled >= vocab))
   return jnp.where(bad, jnp.nan, loss).reshape(lead)
 
 
@@ -342,6 +345,7 @@ def vocab_parallel_adaptive_log_softmax_with_loss(
   if packed is None:
     packed = pack_adaptive_tails(tail_weights, n_shards)
   _checks.check_labels_in_range(labels, bounds[-1], name="label", ignore_index=ignore_index)
+  labels = _checks.as_index(labels)
   n = x.shape[0]
   if data_axis is not None:
     _check_divides("input has N =", n, mesh, data_axis)
@@ -354,7 +358,7 @@ def vocab_parallel_adaptive_log_softmax_with_loss(
   cdt = _checks.compute_dtype(x, head_weight, packed.buffer)
   ignored = (jnp.zeros(labels.shape, bool) if ignore_index is None else labels == ignore_index)
   clean = jnp.where(ignored | (labels < 0) | (labels >= bounds[-1]), -1, labels)
-  clean = clean.astype(jnp.int32)
+  clean = _checks.saturate_int32(clean)
 
   def shard_tails(s, x, row, y):
     acc = make_varying(jnp.zeros(y.shape, cdt), axes)  # a shard may own no cluster
@@ -376,9 +380,12 @@ def vocab_parallel_adaptive_log_softmax_with_loss(
     tail = lax.switch(lax.axis_index(vocab_axis), branches, x, buf[0], y)
     return lax.psum(tail, vocab_axis)
 
-  tail_lp = jax.shard_map(local, mesh=mesh,
-                          in_specs=(P(data_axis, None), P(vocab_axis, None), P(data_axis)),
-                          out_specs=P(data_axis))(x, packed.buffer, clean)
+  if n == 0:  # static: no rows, so no tails (empty outputs, as single-device)
+    tail_lp = jnp.zeros((0,), head_lp.dtype)
+  else:
+    tail_lp = jax.shard_map(local, mesh=mesh,
+                            in_specs=(P(data_axis, None), P(vocab_axis, None), P(data_axis)),
+                            out_specs=P(data_axis))(x, packed.buffer, clean)
   out = head_lp + tail_lp.astype(head_lp.dtype)
   if ignore_index is None:
     loss = -jnp.mean(out)
