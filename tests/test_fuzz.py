@@ -128,6 +128,78 @@ def test_fuzz_exact_family(data):
       _close(got, _ce_ref(x64 @ w64.T, y, reduction), dtype)
 
 
+def _poison_rows(data, x, ignored, dtype):
+  poison = data.draw(st.sampled_from([np.nan, np.inf, -np.inf]), label="poison")
+  return jnp.where(jnp.asarray(ignored)[:, None], jnp.asarray(poison, dtype), x)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_exact_family_edges(data):
+  """NaN/inf rows at ignored positions, -inf (banned) classes, softcap and z-loss: the
+  values equal a float64 reference and every gradient is finite."""
+  n = data.draw(st.integers(1, 5), label="N")
+  v = data.draw(st.sampled_from([2, 4, 6]), label="V")
+  d = data.draw(st.integers(1, 3), label="D")
+  dtype = data.draw(st.sampled_from(FLOATS), label="dtype")
+  reduction = data.draw(st.sampled_from(["mean", "sum", "none"]), label="reduction")
+  y, _, _ = _labels(data, (n,), v, ignore=True, bad_ok=False)
+  ignored = y == IGNORE
+  banned = data.draw(st.integers(0, v // 2), label="banned classes")
+  b64 = np.where(np.arange(v) < banned, -np.inf, 0.0)
+  y = np.where(ignored | (y >= banned), y, banned).astype(y.dtype)  # labels on allowed classes
+  cap = data.draw(st.sampled_from([None, 1.5]), label="softcap")
+  zl = data.draw(st.sampled_from([0.0, 0.1]), label="z_loss")
+  x, x64 = _arr(data, (n, d), dtype, 1.0)
+  w, w64 = _arr(data, (v, d), dtype, 1.0)
+  xp = _poison_rows(data, x, ignored, dtype)
+  b = jnp.asarray(b64, dtype)
+  z = x64 @ w64.T + b64
+  if cap is not None:
+    z = cap * np.tanh(z / cap)
+  kept = ~ignored
+  lse = np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1)) + z.max(-1)
+  per = np.where(kept, _ce_ref(z, y, "none") + zl * lse**2, 0.0)
+  ref = {"none": per, "sum": per.sum(),
+         "mean": per.sum() / kept.sum() if kept.any() else np.nan}[reduction]
+  chunk = data.draw(st.integers(1, v), label="chunk")
+
+  def loss(xp, w):
+    out = jbs.linear_cross_entropy(xp, w, y, b, reduction=reduction, chunk_size=chunk,
+                                   z_loss=zl, logit_softcap=cap)
+    return jnp.sum(jnp.where(jnp.isnan(out), 0.0, out)), out
+
+  (_, got), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(xp, w)
+  _close(got, ref, dtype)
+  if kept.any():
+    assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in grads)
+  logits = jnp.asarray(np.where(kept[:, None], z, np.nan), dtype)
+  if cap is None and not zl:
+    _close(jbs.cross_entropy(logits, y, reduction=reduction), ref, dtype)
+  if v % 2 == 0:
+    mesh = Mesh(np.array(jax.devices()[:2]), ("vocab",))
+    got = jbs.vocab_parallel_cross_entropy(xp, w, y, b, mesh=mesh, reduction=reduction,
+                                           z_loss=zl, logit_softcap=cap)
+    _close(got, ref, dtype)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_argmax_follows_jnp_argmax(data):
+  n = data.draw(st.integers(1, 4), label="N")
+  v = data.draw(st.integers(2, 9), label="V")
+  x, _ = _arr(data, (n, 2), jnp.float32, 1.0)
+  w = jnp.asarray(np.random.default_rng(0).integers(-2, 3, size=(v, 2)), jnp.float32)  # ties
+  nan_cols = data.draw(st.lists(st.integers(0, v - 1), max_size=2), label="NaN classes")
+  b = jnp.zeros((v,)).at[jnp.asarray(nan_cols, jnp.int32)].set(jnp.nan)
+  chunk = data.draw(st.integers(1, v), label="chunk")
+  want = np.asarray(jnp.argmax(x @ w.T + b[None], -1))
+  np.testing.assert_array_equal(jbs.linear_argmax(x, w, b, chunk_size=chunk), want)
+  _, aux = jbs.linear_cross_entropy(x, w, jnp.zeros((n,), jnp.int32), b, chunk_size=chunk,
+                                    return_aux=True)
+  np.testing.assert_array_equal(aux["predicted"], want)
+
+
 def _hs_default_ref(x64, w64, b64, c):
   z = x64 @ w64.T + b64
   lp = np.zeros((x64.shape[0], c))
