@@ -95,9 +95,9 @@ def vocab_parallel_cross_entropy(
     mesh: the ``jax.sharding.Mesh`` to run on.
     vocab_axis: mesh axis that splits the vocabulary.
     data_axis: optional mesh axis that splits the rows (2-D data x vocab mesh).
-    class_weight, token_weight, ignore_index, reduction, label_smoothing,
-      z_loss, logit_softcap, return_aux, chunk_size: as in
-      :func:`linear_cross_entropy` (``chunk_size`` applies to each local slice).
+    class_weight, token_weight, ignore_index, reduction: as in :func:`linear_cross_entropy`.
+    label_smoothing, z_loss, logit_softcap, return_aux: as in :func:`linear_cross_entropy`.
+    chunk_size: as in :func:`linear_cross_entropy`, for each local slice.
 
   Returns:
     A scalar, or ``[...]`` for ``reduction="none"``; ``(loss, aux)`` with

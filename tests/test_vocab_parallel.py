@@ -296,8 +296,8 @@ def test_adaptive_errors():
 
 @pytest.mark.slow
 def test_docs_example_runs(capsys):
-  """The README's vocab-parallel usage example is runnable and checks itself."""
-  path = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
+  """The docs' vocab-parallel usage example is runnable and checks itself."""
+  path = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "beyond_one_device.md")
   with open(path) as f:
     text = f.read()
   section = text.split("### Example (2-D data x vocab mesh", 1)[1]
