@@ -46,9 +46,10 @@ def main():
   ap.add_argument("--quick", action="store_true")
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--no-torch", action="store_true")
+  ap.add_argument("--vocabs", type=str, default="32768,131072", help="comma-separated V values")
   args = ap.parse_args()
   n, d = (512, 128) if args.quick else (4096, 512)
-  vocabs = (4096, 16384) if args.quick else (32768, 131072)
+  vocabs = (4096, 16384) if args.quick else tuple(int(v) for v in args.vocabs.split(","))
   rounds = 2 if args.quick else args.rounds
   print(f"# bench_exact: fwd+bwd, N={n}, D={d}, float32")
   print(f"# machine: {common.machine_description()}")
