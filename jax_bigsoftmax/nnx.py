@@ -56,7 +56,24 @@ __all__ = (
 _RngArg = nnx.Rngs | nnx.RngStream | jax.Array | None
 
 
-class FullSoftmaxLoss(_nnx_head.Head):
+class _ExactSoftmaxMethods:
+  """``nll``, ``log_prob`` and ``predict`` of a head over one ``[V, D]`` weight
+  (the full and the sampled head: both are exact outside training)."""
+
+  def nll(self, inputs: ArrayLike, labels: ArrayLike) -> jax.Array:
+    """Exact per-token ``-log p(label | x)`` ``[...]`` (0 at ``ignore_index``)."""
+    return self._apply("nll", inputs, labels)
+
+  def log_prob(self, inputs: ArrayLike) -> jax.Array:
+    """``[..., V]`` exact log-probabilities."""
+    return self._apply("log_prob", inputs)
+
+  def predict(self, inputs: ArrayLike) -> jax.Array:
+    """``[...]`` arg-max class."""
+    return self._apply("predict", inputs)
+
+
+class FullSoftmaxLoss(_ExactSoftmaxMethods, _nnx_head.Head):
   """NNX twin of :class:`jax_bigsoftmax.FullSoftmaxLoss` (exact softmax head).
 
   Same keywords (``num_classes``, ``features``, ``use_bias``, ``ignore_index``,
@@ -82,18 +99,6 @@ class FullSoftmaxLoss(_nnx_head.Head):
   def __call__(self, inputs: ArrayLike, labels: ArrayLike) -> jax.Array:
     """The training loss (the head's ``reduction`` and ``label_smoothing``)."""
     return self._apply("__call__", inputs, labels)
-
-  def nll(self, inputs: ArrayLike, labels: ArrayLike) -> jax.Array:
-    """Per-token ``-log p(label | x)`` ``[...]`` (0 at ``ignore_index``)."""
-    return self._apply("nll", inputs, labels)
-
-  def log_prob(self, inputs: ArrayLike) -> jax.Array:
-    """``[..., V]`` log-probabilities."""
-    return self._apply("log_prob", inputs)
-
-  def predict(self, inputs: ArrayLike) -> jax.Array:
-    """``[...]`` arg-max class."""
-    return self._apply("predict", inputs)
 
 
 class AdaptiveLogSoftmaxWithLoss(_nnx_head.Head):
@@ -188,7 +193,7 @@ class HSigmoidLoss(_nnx_head.Head):
     return self._apply("predict", x, path_table, path_code)
 
 
-class SampledSoftmaxLoss(_nnx_head.Head):
+class SampledSoftmaxLoss(_ExactSoftmaxMethods, _nnx_head.Head):
   """NNX twin of :class:`jax_bigsoftmax.SampledSoftmaxLoss` (sampled in training, exact in eval).
 
   Same arguments (``num_classes, features, num_sampled, num_true=1,
@@ -260,18 +265,6 @@ class SampledSoftmaxLoss(_nnx_head.Head):
       return self._apply("__call__", inputs, labels, deterministic=True)
     return self._apply("__call__", inputs, labels, deterministic=False,
                        rngs={"sampler": self._sampler_key(rngs)})
-
-  def nll(self, inputs: ArrayLike, labels: ArrayLike) -> jax.Array:
-    """Exact per-token ``-log p(label | x)`` ``[...]`` (0 at ``ignore_index``)."""
-    return self._apply("nll", inputs, labels)
-
-  def log_prob(self, inputs: ArrayLike) -> jax.Array:
-    """``[..., V]`` exact log-probabilities."""
-    return self._apply("log_prob", inputs)
-
-  def predict(self, inputs: ArrayLike) -> jax.Array:
-    """``[...]`` arg-max class."""
-    return self._apply("predict", inputs)
 
 
 _TWINS: tuple[type[_nnx_head.Head], ...] = (

@@ -25,19 +25,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.ops import nn_impl
 
+from make_fixtures_sampled_tf import tf_problem  # run from the repo root: tests/ is on sys.path
+
 OUT = os.path.join(os.path.dirname(__file__), "fixtures", "nce_tf.npz")
 HUGE = 2**33
-
-
-def _data(rng, n, d, v, t, dtype):
-  w = (rng.randn(v, d) * 0.5).astype(dtype)
-  b = (rng.randn(v) * 0.1).astype(dtype)
-  x = rng.randn(n, d).astype(dtype)
-  labels = rng.randint(0, min(v, 8), size=(n, t)).astype(np.int64)
-  if t > 1:
-    labels[0, 1] = labels[0, 0]  # a duplicated target in one row
-  cot = rng.randn(n).astype(dtype)
-  return w, b, x, labels, cot
 
 
 def _sampled_values(labels, t, s, v, unique, seed, dtype):
@@ -49,7 +40,7 @@ def _sampled_values(labels, t, s, v, unique, seed, dtype):
 
 def nce_case(name, *, n, d, v, s, t, remove, unique=True, dtype=np.float32, seed=0):
   rng = np.random.RandomState(seed)
-  w, b, x, labels, cot = _data(rng, n, d, v, t, dtype)
+  w, b, x, labels, cot = tf_problem(rng, n, d, v, t, dtype)
   sv = _sampled_values(labels, t, s, v, unique, seed + 1, dtype)
   tw, tb, tx = tf.Variable(w), tf.Variable(b), tf.Variable(x)
   with tf.GradientTape() as tape:
@@ -67,7 +58,7 @@ def nce_case(name, *, n, d, v, s, t, remove, unique=True, dtype=np.float32, seed
 
 def logits_case(name, *, n, d, v, s, t, subtract_log_q, remove, unique, seed):
   rng = np.random.RandomState(seed)
-  w, b, x, labels, _ = _data(rng, n, d, v, t, np.float32)
+  w, b, x, labels, _ = tf_problem(rng, n, d, v, t, np.float32)
   sv = _sampled_values(labels, t, s, v, unique, seed + 1, np.float32)
   logits, out_labels = nn_impl._compute_sampled_logits(  # pylint: disable=protected-access
       weights=tf.constant(w), biases=tf.constant(b), labels=tf.constant(labels),
@@ -92,7 +83,7 @@ def hits_case():
 
 def shard_case(name, *, loss_fn, n, d, v, s, t, num_shards, remove, seed):
   rng = np.random.RandomState(seed)
-  w, b, x, labels, cot = _data(rng, n, d, v, t, np.float32)
+  w, b, x, labels, cot = tf_problem(rng, n, d, v, t, np.float32)
   sv = _sampled_values(labels, t, s, v, True, seed + 1, np.float32)
   # TF's "div" layout: the first v % P shards hold one extra row.
   sizes = [v // num_shards + (1 if i < v % num_shards else 0) for i in range(num_shards)]

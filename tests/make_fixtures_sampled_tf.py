@@ -15,9 +15,8 @@ import tensorflow as tf
 OUT = os.path.join(os.path.dirname(__file__), "fixtures", "sampled_tf.npz")
 
 
-def case(name, *, n, d, v, s, t, remove, unique=True, dtype=np.float32, seed=0,
-         sampler="log_uniform"):
-  rng = np.random.RandomState(seed)
+def tf_problem(rng, n, d, v, t, dtype):
+  """Weights, biases, inputs, labels [n, t] and a cotangent (also used by make_fixtures_nce_tf)."""
   w = (rng.randn(v, d) * 0.5).astype(dtype)
   b = (rng.randn(v) * 0.1).astype(dtype)
   x = rng.randn(n, d).astype(dtype)
@@ -26,6 +25,13 @@ def case(name, *, n, d, v, s, t, remove, unique=True, dtype=np.float32, seed=0,
   if t > 1:
     labels[0, 1] = labels[0, 0]  # a duplicated target in one row
   cot = rng.randn(n).astype(dtype)
+  return w, b, x, labels, cot
+
+
+def case(name, *, n, d, v, s, t, remove, unique=True, dtype=np.float32, seed=0,
+         sampler="log_uniform"):
+  rng = np.random.RandomState(seed)
+  w, b, x, labels, cot = tf_problem(rng, n, d, v, t, dtype)
   tl = tf.constant(labels)
   if sampler == "log_uniform":
     sv = tf.random.log_uniform_candidate_sampler(tl, t, s, unique, v, seed=seed + 1)

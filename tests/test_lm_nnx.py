@@ -16,6 +16,7 @@ if ROOT not in sys.path:
 
 from examples.lm import train as lm_train  # noqa: E402
 from examples.lm_nnx import train as nnx_train  # noqa: E402
+from test_examples import corpus_dir  # noqa: E402,F401  (the shared tiny corpus fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -34,18 +35,6 @@ def _config(corpus_dir, **overrides):
   return c
 
 
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-  """A small Zipfian corpus in train.txt / valid.txt / test.txt."""
-  d = tmp_path_factory.mktemp("corpus")
-  rng = np.random.default_rng(0)
-  words = [f"w{i}" for i in range(300)]
-  p = 1.0 / np.arange(1, 301)
-  p /= p.sum()
-  for split, n in (("train", 600), ("valid", 60), ("test", 60)):
-    lines = [" ".join(rng.choice(words, size=rng.integers(3, 12), p=p)) for _ in range(n)]
-    (d / f"{split}.txt").write_text("\n".join(lines) + "\n")
-  return str(d)
 
 
 @pytest.mark.parametrize("head,tree", [("full", "default"), ("adaptive", "default"),

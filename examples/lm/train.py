@@ -230,6 +230,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
           f"{jax.process_count()} process(es))", flush=True)
   train_step, eval_step = make_steps(model, tx, mesh, config.seed,
                                      jax.tree.map(lambda x: x.sharding, state))
+  state, records, valid, test = fit_and_report(
+      config, workdir, state, streams, train_step=train_step, eval_step=eval_step, mesh=mesh,
+      desc=f"lm-{config.model}-{config.head}", plot=True)
+  return {"valid_ppl": valid, "test_ppl": test, "num_params": num_params,
+          "records": records, "state": state}
+
+
+def fit_and_report(config, workdir, state, streams, *, train_step, eval_step, mesh, desc,
+                   plot):
+  """Trains with ``common.fit`` on random train windows, evaluates valid/test exactly and
+  prints the ``final:`` line (process 0). Shared by the linen and NNX LM trainers.
+
+  Returns:
+    ``(state, records, valid_ppl, test_ppl)``.
+  """
   batches = {s: eval_batches(streams[s], batch_size=config.batch_size, seq_len=config.seq_len,
                              max_tokens=config.eval_max_tokens) for s in ("valid", "test")}
 
@@ -243,13 +258,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
             config.batch_size * config.seq_len)
 
   state, records = common.fit(config=config, workdir=workdir, state=state, train_step=train_step,
-                              get_batch=get_batch, evaluate=evaluate, mesh=mesh,
-                              desc=f"lm-{config.model}-{config.head}")
+                              get_batch=get_batch, evaluate=evaluate, mesh=mesh, desc=desc)
   test = evaluate(state, "test")
   valid = [r["valid_ppl"] for r in records if "valid_ppl" in r] or [evaluate(state)["valid_ppl"]]
   if jax.process_index() == 0:
-    print(f"final: valid_ppl={valid[-1]:.2f} test_ppl={test['test_ppl']:.2f} "
-          f"(metrics: {os.path.join(workdir, 'metrics.jsonl')}, plot: "
-          f"{os.path.join(workdir, 'metrics.png')})", flush=True)
-  return {"valid_ppl": valid[-1], "test_ppl": test["test_ppl"], "num_params": num_params,
-          "records": records, "state": state}
+    where = f"metrics: {os.path.join(workdir, 'metrics.jsonl')}"
+    if plot:
+      where += f", plot: {os.path.join(workdir, 'metrics.png')}"
+    print(f"final: valid_ppl={valid[-1]:.2f} test_ppl={test['test_ppl']:.2f} ({where})",
+          flush=True)
+  return state, records, valid[-1], test["test_ppl"]

@@ -11,7 +11,6 @@ Randomness (dropout, the sampled head's negatives) comes from
 """
 from __future__ import annotations
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -106,27 +105,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
           f"lstm + jax_bigsoftmax.nnx.{type(model.head).__name__}: {num_params:,} parameters "
           f"on {mesh.devices.size} device(s)", flush=True)
   train_step, eval_step = make_steps(graphdef, config.seed)
-  batches = {s: lm_train.eval_batches(streams[s], batch_size=config.batch_size,
-                                      seq_len=config.seq_len, max_tokens=config.eval_max_tokens)
-             for s in ("valid", "test")}
-
-  def evaluate(state, split="valid"):
-    nll, count = common.eval_nll_sum(eval_step, state, batches[split], mesh)
-    return {f"{split}_loss": nll / count, f"{split}_ppl": common.perplexity(nll, count)}
-
-  def get_batch(step):
-    return (lm_train.train_batch(streams["train"], step, batch_size=config.batch_size,
-                                 seq_len=config.seq_len, seed=config.seed),
-            config.batch_size * config.seq_len)
-
-  state, records = common.fit(config=config, workdir=workdir, state=state, train_step=train_step,
-                              get_batch=get_batch, evaluate=evaluate, mesh=mesh,
-                              desc=f"lm-nnx-{config.head}")
-  test = evaluate(state, "test")
-  valid = [r["valid_ppl"] for r in records if "valid_ppl" in r] or [evaluate(state)["valid_ppl"]]
-  if jax.process_index() == 0:
-    print(f"final: valid_ppl={valid[-1]:.2f} test_ppl={test['test_ppl']:.2f} "
-          f"(metrics: {os.path.join(workdir, 'metrics.jsonl')})", flush=True)
+  state, records, valid, test = lm_train.fit_and_report(
+      config, workdir, state, streams, train_step=train_step, eval_step=eval_step, mesh=mesh,
+      desc=f"lm-nnx-{config.head}", plot=False)
   model, _ = nnx.merge(graphdef, state)
-  return {"valid_ppl": valid[-1], "test_ppl": test["test_ppl"], "num_params": num_params,
+  return {"valid_ppl": valid, "test_ppl": test, "num_params": num_params,
           "records": records, "model": model}
