@@ -284,6 +284,37 @@ def test_lm_cli(corpus_dir, tmp_path):
   assert bad.returncode != 0 and "no_such_field" in bad.stderr
 
 
+def test_compare_heads_equal_tokens_quick(corpus_dir, tmp_path):
+  """The quality study's quick mode: every head, same tokens, a table with the targets,
+  the two-panel PNG and the curves."""
+  from examples.lm import compare_heads
+  names = ["full", "adaptive", "hsigmoid", "hsigmoid/huffman", "sampled/8", "sampled/32"]
+  out = str(tmp_path / "q" / "quality.md")
+  os.makedirs(os.path.dirname(out))
+  config = tiny_lm(corpus_dir, eval_max_tokens=100)
+  text = compare_heads.run_equal_tokens(config, names, epochs=0.5, evals=2, out=out)
+  rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+  assert [r.split("|")[1].strip() for r in rows[1:]] == names
+  assert len({r.split("|")[2] for r in rows[1:]}) == 1  # same tokens for every head
+  assert all(f"- {n}: ratio" in text for n in names[1:])
+  with open(out) as f:
+    assert f.read().startswith(text)
+  with open(str(tmp_path / "q" / "quality.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with open(str(tmp_path / "q" / "quality.json")) as f:
+    saved = json.load(f)
+  assert [r["name"] for r in saved["runs"]] == names
+  for r in saved["runs"]:
+    assert [p["tokens"] for p in r["curve"]] == [p["tokens"] for p in saved["runs"][0]["curve"]]
+    assert len(r["curve"]) == 2 and all(math.isfinite(p["valid_ppl"]) for p in r["curve"])
+    assert r["curve"][0]["seconds"] < r["curve"][1]["seconds"] and math.isfinite(r["test_ppl"])
+  curve = [{"seconds": 1.0, "valid_ppl": 9.0}, {"seconds": 2.0, "valid_ppl": 4.0}]
+  assert compare_heads.time_to_reach(curve, 5.0) == 2.0
+  assert compare_heads.time_to_reach(curve, 3.0) is None
+  with pytest.raises(ValueError, match="sampled/<number"):
+    compare_heads._head_config(config, "sampled/many")
+
+
 # -------------------------------------------------------------------- VAE
 
 
@@ -294,10 +325,36 @@ def test_vae_smoke(corpus_dir, tmp_path, head, tree):
   assert math.isfinite(out["valid_elbo_ppl"]) and out["valid_elbo_ppl"] > 1.0
   weights = [r["kl_weight"] for r in out["records"] if "kl_weight" in r]
   np.testing.assert_allclose(weights, [0.0, 0.25, 0.5, 0.75])  # linear annealing to 1
-  assert len(out["samples"]) == 3 and all(isinstance(s, str) for s in out["samples"])
-  assert (tmp_path / "samples.txt").read_text().count("\n") == 3
+  for kind in ("greedy", "sampled"):
+    assert len(out["samples"][kind]) == 3 and all(isinstance(s, str) for s in out["samples"][kind])
+  assert len(out["interpolation"]["decodes"]) == 5 and out["interpolation"]["a"]
+  text = (tmp_path / "samples.txt").read_text()
+  assert text.count("\n") == 3 + 3 + 5 + 7  # 3 + 3 + 5 decodes, 5 comment lines, 2 blank
+  assert all(s in text for s in out["samples"]["greedy"] + out["interpolation"]["decodes"])
   assert (tmp_path / "metrics.png").exists()
   check_vae_terms(config, out["state"]["params"])
+
+
+def test_vae_kl_grows_after_annealing_and_collapses_without_remedies(corpus_dir, tmp_path):
+  """Word dropout + free bits (the defaults) keep the latent in use: once the KL weight has
+  reached 1 (step 20) the validation KL grows, and the decoder predicts better from q(z|x)
+  than from the prior. Without them (control) the same run collapses to KL ~ 0."""
+  def kl_curve(workdir, **overrides):
+    config = tiny_vae(corpus_dir, num_train_steps=60, kl_anneal_steps=20, eval_every_steps=20,
+                      checkpoint_every_steps=100, num_samples=0, **overrides)
+    out = vae_train.train_and_evaluate(config, str(workdir))
+    records = [r for r in out["records"] if "valid_kl" in r]
+    assert [r["step"] for r in records] == [20, 40, 60]
+    return [r["valid_kl"] for r in records], records[-1]
+
+  defaults = load_config("vae")
+  assert defaults.free_bits > 0 and defaults.word_dropout > 0
+  kl, last = kl_curve(tmp_path / "on", free_bits=defaults.free_bits,
+                      word_dropout=defaults.word_dropout)
+  assert kl[0] < kl[1] < kl[2] and kl[2] > 0.2 and kl[2] > 5 * kl[0], kl
+  assert last["valid_recon_ppl"] < last["valid_prior_ppl"]
+  kl_off, _ = kl_curve(tmp_path / "off", free_bits=0.0, word_dropout=0.0)
+  assert max(kl_off) < 0.1 < kl[2], kl_off
 
 
 def check_vae_terms(config, params):
@@ -313,7 +370,7 @@ def check_vae_terms(config, params):
                   rngs={"latent": key}),
       model.apply({"params": p}, b["tokens"], b["lengths"], method=model.encode)))(params)
   mu, var = np.asarray(mu, np.float64), np.exp(np.asarray(logvar, np.float64))
-  expected = 0.5 * np.sum(var + mu**2 - 1 - np.log(var), -1)
+  expected = 0.5 * (var + mu**2 - 1 - np.log(var))  # per latent dimension
   np.testing.assert_allclose(kl, expected, rtol=1e-4, atol=1e-6)
   assert np.all(b["targets"][np.arange(4), b["lengths"]] == vocab.eos_id)
   np.testing.assert_array_equal(b["mask"].sum(1), b["lengths"] + 1)

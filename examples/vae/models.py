@@ -53,19 +53,26 @@ class TextVAE(nn.Module):
       inputs = jnp.where(drop, self.unk_id, inputs)
     return inputs
 
-  def __call__(self, tokens_BxT, targets_BxT1, lengths_B, *, train: bool):
-    """Per-token reconstruction loss ``[B, T+1]`` (unmasked) and KL ``[B]``.
+  def __call__(self, tokens_BxT, targets_BxT1, lengths_B, *, train: bool, prior: bool = False):
+    """Per-token reconstruction loss ``[B, T+1]`` (unmasked) and KL per latent dimension ``[B, Z]``.
 
-    With ``train`` the latent is sampled (rng ``"latent"``); otherwise too (a
-    fixed key gives a deterministic ELBO estimate), as the ELBO needs it.
+    The latent is sampled (rng ``"latent"``) from ``q(z | sentence)``, in evaluation
+    too (a fixed key gives a deterministic ELBO estimate). ``prior=True`` decodes
+    from ``z ~ N(0, I)`` instead: the decoder as an unconditional language model,
+    the baseline the reconstruction is compared with.
     """
     mu, logvar = self.encode(tokens_BxT, lengths_B)
     eps = jax.random.normal(self.make_rng("latent"), mu.shape, mu.dtype)
-    z = mu + jnp.exp(0.5 * logvar) * eps
-    kl = 0.5 * jnp.sum(jnp.exp(logvar) + mu**2 - 1.0 - logvar, axis=-1)
+    z = eps if prior else mu + jnp.exp(0.5 * logvar) * eps
+    kl = 0.5 * (jnp.exp(logvar) + mu**2 - 1.0 - logvar)
     inputs = self.decoder_inputs(tokens_BxT, train=train)
     _, x = self.decoder(self.embed(inputs), initial_carry=self._initial_carry(z))
     return self.head.nll(x, targets_BxT1, train=train), kl
+
+  def sample_step(self, carry, token_B: jax.Array, key: jax.Array):
+    """One ancestral step: the next token drawn from the head's ``log_prob``."""
+    carry, x = self.decoder(self.embed(token_B[:, None]), initial_carry=carry)
+    return carry, jax.random.categorical(key, self.head.log_prob(x[:, 0])).astype(jnp.int32)
 
   def initial_carry(self, z_BxZ: jax.Array):
     """Decoder LSTM state ``(c, h)`` from the latent."""

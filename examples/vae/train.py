@@ -1,15 +1,27 @@
-"""Text VAE training with linear KL annealing: ``train_and_evaluate(config, workdir)``.
+"""Text VAE training against posterior collapse: ``train_and_evaluate(config, workdir)``.
 
-Loss of a batch (Bowman et al. 2016)::
+Loss of a batch (Bowman et al. 2016, with free bits)::
 
-  loss = (sum_tokens mask * nll + kl_weight * sum_sentences KL) / num_sentences
+  loss = sum_tokens mask * nll / B + kl_weight * sum_d max(free_bits, mean_B KL_d)
   kl_weight = min(1, step / kl_anneal_steps)
 
+Three remedies against the decoder ignoring the latent (KL -> 0): the KL weight
+is annealed from 0 (Bowman et al. 2016); word dropout replaces decoder inputs
+by ``<unk>`` so the decoder has to get words from ``z``; and free bits
+(Kingma et al. 2016, "Improved Variational Inference with Inverse
+Autoregressive Flow"): each latent dimension's
+batch-mean KL costs nothing below ``free_bits`` nats, so using the latent up to
+that rate is free. The reported KL is the true KL.
+
 Sums run over the global (device-sharded) batch before dividing. Validation
-reports the reconstruction NLL and KL per sentence and the ELBO perplexity
-bound ``exp((recon + KL) / tokens)`` (exact log-probabilities, one fixed latent
-sample). After training, ``num_samples`` sentences are decoded greedily from
-``z ~ N(0, I)`` and written to ``workdir/samples.txt``.
+reports per sentence the reconstruction NLL and KL, and as perplexities per
+token the ELBO bound ``exp((recon + KL) / tokens)``, the reconstruction
+``exp(recon / tokens)`` and the unconditional baseline ``exp(prior_nll /
+tokens)``: the same decoder fed ``z ~ N(0, I)`` instead of ``q(z | x)`` (equal to
+the reconstruction when the latent carries nothing). Exact log-probabilities,
+one fixed latent sample. After training, ``workdir/samples.txt`` gets
+``num_samples`` greedy and sampled decodes from ``z ~ N(0, I)`` and greedy
+decodes along the line between the posterior means of two validation sentences.
 """
 from __future__ import annotations
 
@@ -35,6 +47,7 @@ SCHEMA = {
     "latent_dim": (_INT, common.positive, "an int > 0"),
     "word_dropout": (_FLOAT, common.fraction, "a float in [0, 1)"),
     "kl_anneal_steps": (_INT, common.non_negative, "an int >= 0 (0: weight 1 from the start)"),
+    "free_bits": (_FLOAT, common.non_negative, "a float >= 0 (nats per latent dimension)"),
     "eval_max_sentences": (_INT, common.non_negative, "0 (whole split) or an int > 0"),
     "num_samples": (_INT, common.non_negative, "an int >= 0"),
 }
@@ -133,10 +146,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     def loss_fn(params):
       nll, kl = model.apply({"params": params}, batch["tokens"], batch["targets"], batch["lengths"],
                             train=True, rngs={"dropout": r_drop, "latent": r_lat, "sampler": r_samp})
-      recon = jnp.sum(nll * batch["mask"])
-      kl_sum = jnp.sum(kl)
       n = batch["tokens"].shape[0]
-      return (recon + w * kl_sum) / n, (recon / n, kl_sum / n)
+      recon = jnp.sum(nll * batch["mask"]) / n
+      kl_term = jnp.sum(jnp.maximum(jnp.mean(kl, axis=0), config.free_bits))  # free bits
+      return recon + w * kl_term, (recon, jnp.sum(kl) / n)
 
     (loss, (recon, kl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -148,8 +161,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ekey = jax.random.key(config.seed + 1)
     nll, kl = model.apply({"params": state["params"]}, batch["tokens"], batch["targets"],
                           batch["lengths"], train=False, rngs={"latent": ekey})
-    return (jnp.sum(nll * batch["mask"]), jnp.sum(kl * batch["weight"]), jnp.sum(batch["mask"]),
-            jnp.sum(batch["weight"]))
+    prior_nll, _ = model.apply({"params": state["params"]}, batch["tokens"], batch["targets"],
+                               batch["lengths"], train=False, prior=True, rngs={"latent": ekey})
+    return (jnp.sum(nll * batch["mask"]), jnp.sum(kl.sum(-1) * batch["weight"]),
+            jnp.sum(batch["mask"]), jnp.sum(batch["weight"]),
+            jnp.sum(prior_nll * batch["mask"]))
 
   train_step = jax.jit(train_step, in_shardings=(repl, shard), out_shardings=(repl, repl),
                        donate_argnums=0)
@@ -158,12 +174,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
                        max_sentences=config.eval_max_sentences)
 
   def evaluate(state):
-    recon = kl = tokens = sents = 0.0
-    for b in valid:
-      r, k, t, s = eval_step(state, common.put_global_batch(b, mesh))
-      recon, kl, tokens, sents = recon + float(r), kl + float(k), tokens + float(t), sents + float(s)
+    recon, kl, tokens, sents, prior = np.sum(
+        [[float(v) for v in eval_step(state, common.put_global_batch(b, mesh))] for b in valid],
+        axis=0)
     return {"valid_recon": recon / sents, "valid_kl": kl / sents,
-            "valid_elbo_ppl": float(np.exp((recon + kl) / tokens))}
+            "valid_elbo_ppl": float(np.exp((recon + kl) / tokens)),
+            "valid_recon_ppl": float(np.exp(recon / tokens)),
+            "valid_prior_ppl": float(np.exp(prior / tokens))}
 
   train_tokens, train_lengths = arrays["train"]
 
@@ -176,36 +193,71 @@ def train_and_evaluate(config, workdir: str) -> dict:
                               get_batch=get_batch, evaluate=evaluate, mesh=mesh,
                               desc=f"vae-{config.head}")
   samples = sample_sentences(model, state["params"], vocab, config)
-  if jax.process_index() == 0 and samples:
+  interpolation = interpolate(model, state["params"], vocab, config, arrays["valid"])
+  if jax.process_index() == 0 and config.num_samples:
+    text = "\n".join(
+        ["# greedy decodes from z ~ N(0, I)"] + samples["greedy"]
+        + ["", "# sampled decodes (ancestral, temperature 1) from z ~ N(0, I)"] + samples["sampled"]
+        + ["", "# greedy decodes along z = (1 - t) mu(A) + t mu(B), t = 0 .. 1",
+           f"# A: {interpolation['a']}", f"# B: {interpolation['b']}"]
+        + interpolation["decodes"])
     with open(os.path.join(workdir, "samples.txt"), "w") as f:
-      f.write("\n".join(samples) + "\n")
-    print("greedy samples from z ~ N(0, I):\n" + "\n".join(f"  {s}" for s in samples), flush=True)
+      f.write(text + "\n")
+    print(text, flush=True)
   final = [r for r in records if "valid_elbo_ppl" in r]
   final = final[-1] if final else evaluate(state)
   if jax.process_index() == 0:
     print(f"final: valid_elbo_ppl={final['valid_elbo_ppl']:.2f} "
           f"valid_recon={final['valid_recon']:.3f} valid_kl={final['valid_kl']:.3f} "
-          f"(metrics: {os.path.join(workdir, 'metrics.jsonl')}, plot: "
+          f"valid_recon_ppl={final['valid_recon_ppl']:.2f} "
+          f"valid_prior_ppl={final['valid_prior_ppl']:.2f} (metrics: {os.path.join(workdir, 'metrics.jsonl')}, plot: "
           f"{os.path.join(workdir, 'metrics.png')})", flush=True)
-  return {"valid_elbo_ppl": final["valid_elbo_ppl"], "samples": samples, "records": records,
+  return {"valid_elbo_ppl": final["valid_elbo_ppl"], "valid_kl": final["valid_kl"],
+          "samples": samples, "interpolation": interpolation, "records": records,
           "num_params": num_params, "state": state}
 
 
-def sample_sentences(model, params, vocab, config) -> list[str]:
-  """``num_samples`` greedy decodes from prior samples, cut at the first ``<eos>``."""
-  if not config.num_samples:
-    return []
-  z = jax.random.normal(jax.random.key(config.seed + 2), (config.num_samples, config.latent_dim))
+def _decode(model, params, vocab, config, z, key=None) -> list[str]:
+  """Decodes ``z [n, Z]`` for ``max_len + 1`` steps (greedy, or sampled with ``key``),
+  each sentence cut at its first ``<eos>``."""
   init = jax.jit(lambda p, z: model.apply({"params": p}, z, method=models.TextVAE.initial_carry))
-  step = jax.jit(lambda p, c, t: model.apply({"params": p}, c, t, method=models.TextVAE.decode_step))
-  carry, token = init(params, z), jnp.full((config.num_samples,), vocab.eos_id, jnp.int32)
+  if key is None:
+    step = jax.jit(lambda p, c, t, k: model.apply({"params": p}, c, t,
+                                                   method=models.TextVAE.decode_step))
+  else:
+    step = jax.jit(lambda p, c, t, k: model.apply({"params": p}, c, t, k,
+                                                   method=models.TextVAE.sample_step))
+  carry, token = init(params, z), jnp.full((z.shape[0],), vocab.eos_id, jnp.int32)
   tokens = []
-  for _ in range(config.max_len + 1):  # one compiled step, called max_len + 1 times
-    carry, token = step(params, carry, token)
+  for i in range(config.max_len + 1):  # one compiled step, called max_len + 1 times
+    carry, token = step(params, carry, token, None if key is None else jax.random.fold_in(key, i))
     tokens.append(np.asarray(token))
-  ids = np.stack(tokens, axis=1)
   out = []
-  for row in ids:
+  for row in np.stack(tokens, axis=1):
     words = vocab.decode(row)
     out.append(" ".join(words[:words.index(data.EOS)] if data.EOS in words else words))
   return out
+
+
+def sample_sentences(model, params, vocab, config) -> dict[str, list[str]]:
+  """``{"greedy", "sampled"}``: ``num_samples`` decodes each from prior samples."""
+  if not config.num_samples:
+    return {"greedy": [], "sampled": []}
+  z = jax.random.normal(jax.random.key(config.seed + 2), (config.num_samples, config.latent_dim))
+  return {"greedy": _decode(model, params, vocab, config, z),
+          "sampled": _decode(model, params, vocab, config, z, jax.random.key(config.seed + 3))}
+
+
+def interpolate(model, params, vocab, config, valid, steps: int = 5) -> dict:
+  """Greedy decodes at ``steps`` points between the posterior means of the first and the
+  middle validation sentence (``{"a", "b", "decodes"}``)."""
+  n = len(valid[0])
+  if n < 2:
+    return {"a": "", "b": "", "decodes": []}
+  tokens, lengths = valid[0][[0, n // 2]], valid[1][[0, n // 2]]
+  mu, _ = jax.jit(lambda p, t, n: model.apply({"params": p}, t, n,
+                                              method=models.TextVAE.encode))(params, tokens, lengths)
+  t = jnp.linspace(0.0, 1.0, steps)[:, None]
+  z = (1.0 - t) * mu[None, 0] + t * mu[None, 1]
+  a, b = (" ".join(vocab.decode(tokens[i][:lengths[i]])) for i in range(2))
+  return {"a": a, "b": b, "decodes": _decode(model, params, vocab, config, z)}
