@@ -40,12 +40,17 @@ from jax_bigsoftmax._sharding import varying_like as _varying_like
 # least 128 columns. Cache-sized chunks were faster than 64 MiB ones: 21% faster
 # steps for the example LM's full head (N=1024, D=128, V=48,752).
 _CHUNK_ELEMENTS = 1 << 21
-# Default row block of the one-pass gradient: about 2**25 logits (128 MiB in
+# Default row block of the one-pass gradient: about 2**26 logits (256 MiB in
 # float32) per block, at least 8 rows. Blocks must be tall: each one streams the
 # whole weight through 3 matrix products. At N=4096, D=512, V=131,072 on a
 # 2-core AMD EPYC VM: 128-row blocks 18 s per step, 512-row blocks 14 s, the
-# recomputing 4-product walk 15-16 s; 256 rows keeps temporaries ~10x below dense.
-_BLOCK_ELEMENTS = 1 << 25
+# recomputing 4-product walk 15-16 s. A block holds one [r, V] array (the logits,
+# then in place their gradient) and dW is updated in place per vocabulary chunk,
+# so 512 rows there take 274 MiB of temporaries, 15x below dense. With a softcap
+# XLA keeps the tanh beside the capped logits, so blocks get half the rows.
+_BLOCK_ELEMENTS = 1 << 26
+# Weight-gradient rows updated per product in the one-pass gradient (~2**21 elements).
+_DW_CHUNK_ELEMENTS = 1 << 21
 
 
 def choose_chunk_size(num_rows: int, vocab: int, chunk_size: int | None) -> int:
@@ -60,10 +65,12 @@ def choose_chunk_size(num_rows: int, vocab: int, chunk_size: int | None) -> int:
   return max(1, min(c, vocab))
 
 
-def choose_row_block(num_rows: int, vocab: int, chunk_size: int | None) -> int:
-  """Rows per block of the one-pass gradient (static): about 2**25 logits, or
-  the walk's own ``[N, chunk_size]`` budget when ``chunk_size`` is given."""
+def choose_row_block(num_rows: int, vocab: int, chunk_size: int | None,
+                     softcap: float | None = None) -> int:
+  """Rows per block of the one-pass gradient (static): about 2**26 logits (2**25 with
+  a softcap), or the walk's own ``[N, chunk_size]`` budget when ``chunk_size`` is given."""
   budget = _BLOCK_ELEMENTS if chunk_size is None else num_rows * chunk_size
+  budget = budget // 2 if softcap is not None else budget
   r = max(8, (budget // max(vocab, 1)) // 8 * 8)
   return max(1, min(r, num_rows))
 
@@ -255,15 +262,17 @@ linear_stats.defvjp(_linear_stats_fwd, _linear_stats_bwd)
 
 # --- the one-pass gradient (reduced losses) ---------------------------------------
 
-def _block_stats(z, labels, cols, cw, opts: Opts) -> tuple[RowStats, jax.Array]:
-  """RowStats of a block holding whole rows of logits (``z`` ``[r, V]``), and
-  the block's softmax."""
+def _block_stats(z, labels, cols, cw, opts: Opts) -> RowStats:
+  """RowStats of a block holding whole rows of logits (``z`` ``[r, V]``)."""
   m = jnp.max(z, axis=1)
   m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
   e = jnp.exp(z - m_safe[:, None])
   s = jnp.sum(e, axis=1)
   lse = m_safe + jnp.log(s)
-  zy = jnp.sum(jnp.where(cols[None, :] == labels[:, None], z, 0.0), axis=1)
+  # A gather, not a masked sum: XLA materialised the mask's [r, V] select.
+  inside = (labels >= 0) & (labels < z.shape[1])
+  zy = jnp.take_along_axis(z, jnp.where(inside, labels, 0)[:, None], axis=1)[:, 0]
+  zy = jnp.where(inside, zy, 0.0)
   zw = z @ cw if cw is not None else jnp.zeros_like(lse)
   if opts.aux:
     pz = jnp.sum(jnp.where(e > 0, e * z, 0.0), axis=1) / s
@@ -271,7 +280,7 @@ def _block_stats(z, labels, cols, cw, opts: Opts) -> tuple[RowStats, jax.Array]:
     best = jnp.take_along_axis(z, arg[:, None], axis=1)[:, 0]
   else:
     pz, best, arg = jnp.zeros_like(lse), jnp.zeros_like(lse), jnp.zeros(lse.shape, jnp.int32)
-  return RowStats(lse, zy, zw, pz, best, arg), e * (1.0 / s)[:, None]
+  return RowStats(lse, zy, zw, pz, best, arg)
 
 
 def _fused_forward(opts, row_loss, x, weight, bias, labels, class_weight, row_args, keep):
@@ -288,15 +297,18 @@ def _fused_forward(opts, row_loss, x, weight, bias, labels, class_weight, row_ar
     x_b, y_b, k_b = rows(x), rows(labels), rows(keep)
     args_b = jax.tree.map(rows, row_args)
     z = _logits(x_b, weight, bias, 0, vocab, opts.softcap)
-    st, p = _block_stats(z, y_b, cols, cw, opts)
+    st = _block_stats(z, y_b, cols, cw, opts)
+    # The softmax is recomputed here rather than kept from the statistics, so that the
+    # block's gradient can take the logits' buffer: one [r, V] array per block, not two
+    # (with a softcap XLA keeps the tanh too: two, and half as many rows, see Opts).
+    p = jnp.exp(z - jnp.where(jnp.isfinite(st.lse), st.lse, 0.0)[:, None])
     loss_b, vjp = jax.vjp(lambda lse, zy, zw: row_loss(lse, zy, zw, args_b), st.lse, st.zy, st.zw)
     g = tuple(jnp.where(k_b, t, 0.0) for t in vjp(jnp.ones_like(loss_b)))
     dz = jnp.where(k_b[:, None], _dlogits(p, z, cols, y_b, g, cw, opts.softcap), 0.0)
     x_safe = jnp.where(k_b[:, None], x_b, jnp.zeros((), x.dtype))
     dx_b = jnp.dot(dz.astype(weight.dtype), weight, preferred_element_type=acc)
     dx = lax.dynamic_update_slice_in_dim(dx, dx_b.astype(dx.dtype), start, axis=0)
-    dw = dw + lax.dot_general(dz.astype(x.dtype), x_safe, (((0,), (0,)), ((), ())),
-                              preferred_element_type=acc).astype(dw.dtype)
+    dw = _add_dz_x(dw, dz, x_safe, acc)
     if db is not None:
       db = db + jnp.sum(dz, axis=0).astype(db.dtype)
     stats = jax.tree.map(lambda a, b: lax.dynamic_update_slice_in_dim(a, b, start, axis=0),
@@ -311,6 +323,22 @@ def _fused_forward(opts, row_loss, x, weight, bias, labels, class_weight, row_ar
   total, stats, dx, dw, db = _walk(block, init, n, r)
   return (total, stats, dx.astype(x.dtype), dw.astype(weight.dtype),
           None if bias is None else db.astype(bias.dtype))
+
+
+def _add_dz_x(dw, dz, x, acc):
+  """``dw + dz^T x`` one vocabulary chunk at a time, updated in place: no ``[V, D]``
+  temporary beside the accumulator (it was 2/3 of the one-pass gradient's memory)."""
+  vocab, d = dw.shape
+  c = min(vocab, max(128, (_DW_CHUNK_ELEMENTS // max(d, 1)) // 128 * 128))
+
+  def step(start, size, dw):
+    dz_c = lax.dynamic_slice_in_dim(dz, start, size, axis=1)
+    prod = lax.dot_general(dz_c.astype(x.dtype), x, (((0,), (0,)), ((), ())),
+                           preferred_element_type=acc)
+    prev = lax.dynamic_slice_in_dim(dw, start, size, axis=0)
+    return lax.dynamic_update_slice_in_dim(dw, prev + prod.astype(dw.dtype), start, axis=0)
+
+  return _walk(step, dw, vocab, c)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -614,7 +642,7 @@ def linear_cross_entropy(
   x = inputs.reshape(-1, p.d)
   y, keep, bad, row_args = flat_row_terms(p, ignore_index, acc)
   opts = Opts(choose_chunk_size(x.shape[0], p.vocab, chunk_size),
-              choose_row_block(x.shape[0], p.vocab, chunk_size), p.eps != 0.0, p.softcap,
+              choose_row_block(x.shape[0], p.vocab, chunk_size, p.softcap), p.eps != 0.0, p.softcap,
               bool(return_aux))
   spec = loss_spec(p)
   cw = p.class_weight
