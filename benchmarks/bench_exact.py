@@ -9,6 +9,8 @@ Contenders, alternated each round (medians reported), no bias (jax-cce has none)
   jax-cce   jax_cce.linear_cross_entropy (pip jax-cce, default chunk), jit
   dense     x @ W.T, optax.softmax_cross_entropy_with_integer_labels, jit
   torch     F.linear + F.cross_entropy (torch venv, subprocess worker)
+  torch-lce torch's chunked F.linear_cross_entropy(..., options=LinearCrossEntropyOptions())
+            (torch >= 2.13, its own subprocess)
 The machine's matmul peak is the best of a few [N, D] x [D, V] products timed
 alone; "% peak" counts the 3 products a dense step needs (6 N D V flops).
 Memory: XLA's compiled temporary allocation for the JAX programs (arguments and
@@ -78,29 +80,32 @@ def main():
         assert abs(got - ref) < 1e-3 * abs(ref), (k, got, ref)
     contenders = {k: (lambda f=f: common.time_call(lambda: f(x, w))) for k, f in fns.items()}
     peak = max(2 * n * d * v / common.time_call(lambda: matmul(x, w)) for _ in range(3))
-    worker = None
+    workers = {}
     py = None if args.no_torch else common.peer_python("torch")
     if py:
-      worker = common.Worker(py, os.path.join(common.HERE, "workers", "torch_exact.py"),
-                             {"n": n, "d": d, "v": v})
-      worker.time()  # warm up
-      torch_peak = [0.0]
+      for name, chunked in (("torch", False), ("torch-lce", True)):
+        workers[name] = common.Worker(py, os.path.join(common.HERE, "workers", "torch_exact.py"),
+                                      {"n": n, "d": d, "v": v, "chunked": chunked})
+        workers[name].time()  # warm up
+      torch_peak = dict.fromkeys(workers, 0.0)
 
-      def run_torch():
-        out = worker.call({"op": "time"})
-        torch_peak[0] = max(torch_peak[0], out["peak_rss_increase_mib"])
+      def run_torch(name):
+        out = workers[name].call({"op": "time"})
+        torch_peak[name] = max(torch_peak[name], out["peak_rss_increase_mib"])
         return out["seconds"]
-      contenders["torch"] = run_torch
-    med = common.alternate(contenders, rounds, peer_names=("torch",))
-    if worker:
-      mem["torch"] = int(torch_peak[0] * 2**20)
+      for name in workers:
+        contenders[name] = lambda name=name: run_torch(name)
+    med = common.alternate(contenders, rounds, peer_names=tuple(workers))
+    for name, worker in workers.items():
+      mem[name] = int(torch_peak[name] * 2**20)
       torch_version = worker.version
       worker.close()
     rows.append((v, med, mem, peak))
     print(f"V={v}: " + ", ".join(f"{k} {t*1e3:.0f} ms" for k, t in med.items())
           + f"; matmul peak {peak / 1e9:.0f} GFLOP/s", flush=True)
 
-  names = [k for k in ("ours", "ours+opt", "jax-cce", "dense", "torch") if k in rows[0][1]]
+  names = [k for k in ("ours", "ours+opt", "jax-cce", "dense", "torch", "torch-lce")
+           if k in rows[0][1]]
   print()
   print("| V | " + " | ".join(f"{k} (ms)" for k in names) + " | " +
         " | ".join(f"{k} / ours" for k in names[1:]) +
@@ -112,6 +117,9 @@ def main():
           " | ".join(f"{med[k] / ours:.2f}x" for k in names[1:]) +
           f" | {100 * 6 * n * d * v / ours / peak:.0f}% | {common.fmt_bytes(mem['ours'])} | "
           f"{common.fmt_bytes(mem['dense'])} | {mem['dense'] / mem['ours']:.1f}x |")
+    if "torch" in mem:
+      print(f"# V={v:,}: peak RSS increase, torch {common.fmt_bytes(mem['torch'])}, torch-lce "
+            f"{common.fmt_bytes(mem['torch-lce'])} (includes the gradient buffers)")
   print(f"# jax-cce {'not installed' if jax_cce is None else 'installed'}")
   if "torch" in rows[0][1]:
     print(f"# torch {torch_version}; rounds={rounds} (alternated, medians)")

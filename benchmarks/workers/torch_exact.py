@@ -1,4 +1,5 @@
-"""torch peer for bench_exact.py: F.linear + F.cross_entropy, fwd+bwd (run in the torch venv)."""
+"""torch peer for bench_exact.py, fwd+bwd (run in the torch venv): F.linear + F.cross_entropy,
+or with ``chunked`` torch's own F.linear_cross_entropy(..., options=LinearCrossEntropyOptions())."""
 import os
 import resource
 import sys
@@ -25,6 +26,7 @@ def setup(msg):
   state["x"] = torch.tensor(g.normal(size=(n, d)).astype(np.float32), requires_grad=True)
   state["w"] = torch.tensor((g.normal(size=(v, d)) / np.sqrt(d)).astype(np.float32), requires_grad=True)
   state["y"] = torch.tensor(g.integers(0, v, size=n))
+  state["chunked"] = bool(msg.get("chunked"))
   state["base_rss"] = rss_mib()
   return {"version": torch.__version__, "threads": torch.get_num_threads()}
 
@@ -33,7 +35,10 @@ def step():
   x, w, y = state["x"], state["w"], state["y"]
   for t in (x, w):
     t.grad = None
-  loss = F.cross_entropy(F.linear(x, w), y)
+  if state["chunked"]:
+    loss = F.linear_cross_entropy(x, w, y, options=torch.nn.LinearCrossEntropyOptions())
+  else:
+    loss = F.cross_entropy(F.linear(x, w), y)
   loss.backward()
   return loss.item()
 
