@@ -42,7 +42,7 @@ def get_config():
   # Steps over which the KL weight rises linearly from 0 to 1.
   config.kl_anneal_steps = 1500
   # Free bits (Kingma et al. 2016): nats per latent dimension of batch-mean KL that cost nothing.
-  config.free_bits = 0.25
+  config.free_bits = 0.125
   # Peak AdamW learning rate.
   config.learning_rate = 2e-3
   # Linear warm-up steps to the peak learning rate.
