@@ -304,13 +304,24 @@ def test_compare_heads_equal_tokens_quick(corpus_dir, tmp_path):
   with open(str(tmp_path / "q" / "quality.json")) as f:
     saved = json.load(f)
   assert [r["name"] for r in saved["runs"]] == names
+  full = saved["runs"][0]
   for r in saved["runs"]:
-    assert [p["tokens"] for p in r["curve"]] == [p["tokens"] for p in saved["runs"][0]["curve"]]
-    assert len(r["curve"]) == 2 and all(math.isfinite(p["valid_ppl"]) for p in r["curve"])
-    assert r["curve"][0]["seconds"] < r["curve"][1]["seconds"] and math.isfinite(r["test_ppl"])
+    equal = [p for p in r["curve"] if not p.get("extended")]
+    assert [p["tokens"] for p in equal] == [p["tokens"] for p in full["curve"]]
+    assert len(equal) == 2 and all(math.isfinite(p["valid_ppl"]) for p in r["curve"])
+    assert equal[0]["seconds"] < equal[1]["seconds"] and math.isfinite(r["test_ppl"])
+    assert r["valid_ppl"] == equal[-1]["valid_ppl"]
+    extra = r["curve"][len(equal):]  # catching up: until full's final ppl or full's time
+    assert all(p.get("extended") for p in extra)
+    if extra:
+      assert r["valid_ppl"] > full["valid_ppl"]
+      assert (extra[-1]["valid_ppl"] <= full["valid_ppl"]
+              or extra[-1]["seconds"] >= full["equal_seconds"])
+      assert all(p["valid_ppl"] > full["valid_ppl"] and p["seconds"] < full["equal_seconds"]
+                 for p in extra[:-1])
   curve = [{"seconds": 1.0, "valid_ppl": 9.0}, {"seconds": 2.0, "valid_ppl": 4.0}]
-  assert compare_heads.time_to_reach(curve, 5.0) == 2.0
-  assert compare_heads.time_to_reach(curve, 3.0) is None
+  assert compare_heads.first_reaching(curve, 5.0) is curve[1]
+  assert compare_heads.first_reaching(curve, 3.0) is None
   with pytest.raises(ValueError, match="sampled/<number"):
     compare_heads._head_config(config, "sampled/many")
 

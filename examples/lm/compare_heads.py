@@ -10,7 +10,9 @@ Usage (from the repository root)::
 ``--mode=tokens`` (the quality study): every head trains for ``--epochs`` passes
 over the training split, in ``--evals`` segments run round-robin; after each,
 exact validation perplexity is recorded against tokens and training seconds.
-It writes a Markdown table (with the targets checked against it), a two-panel
+Heads short of the full head's final perplexity then keep training until they
+reach it or have trained as long as the full head (``--noextend``: stop at
+equal tokens). It writes a Markdown table (with the targets checked against it), a two-panel
 PNG (validation perplexity vs tokens and vs seconds) and the curves as JSON.
 ``sampled/256`` is the sampled head with 256 negatives.
 
@@ -48,6 +50,8 @@ flags.DEFINE_enum("mode", "time", ["time", "tokens"],
                   "tokens per head, with validation curves (quality study).")
 flags.DEFINE_float("epochs", 2.0, "tokens mode: passes over the training split per head.")
 flags.DEFINE_integer("evals", 10, "tokens mode: validation points along the run.")
+flags.DEFINE_bool("extend", True, "tokens mode: heads short of full's final perplexity keep "
+                  "training until they reach it or have trained as long as full.")
 flags.DEFINE_string("out", "", "Also write the report to this file (tokens mode: the .md, with "
                     ".png and .json beside it; default runs/quality_<model>.md).")
 flags.DEFINE_bool("quick", False, "Tiny budget and vocabulary (smoke test).")
@@ -167,14 +171,18 @@ def compare(config, heads_to_run, budget_s: float, slices: int) -> list[dict]:
 
 
 def compare_equal_tokens(config, heads_to_run, epochs: float, evals: int,
-                         progress_path: str = "") -> tuple[list[dict], int]:
+                         progress_path: str = "", extend: bool = True) -> tuple[list[dict], int]:
   """Every head trains for the same number of tokens (``epochs`` passes over train).
 
   Training is cut into ``evals`` segments run round-robin over the heads (so
   they share the machine's noise); after each segment every head's exact
   validation perplexity is recorded with its tokens and training seconds so far
-  (evaluation not timed). Returns ``(runs, steps)``; each run has ``curve``:
-  ``[{"tokens", "seconds", "valid_ppl"}]``, and ``test_ppl`` at the end.
+  (evaluation not timed). With ``extend``, a head that has not reached the base
+  head's (``full``, else the first) final validation perplexity then keeps
+  training, segment by segment, until it does or has trained as long as the
+  base head did. Returns ``(runs, steps)``; each run has ``curve``:
+  ``[{"tokens", "seconds", "valid_ppl"}]`` (extension points marked
+  ``"extended"``), and ``valid_ppl``, ``test_ppl``, ``seconds`` at equal tokens.
   """
   import math
   mesh, _, streams, runs = _setup(config, heads_to_run)
@@ -184,14 +192,18 @@ def compare_equal_tokens(config, heads_to_run, epochs: float, evals: int,
         f" tokens per head ({steps * tokens_per_step / len(streams['train']):.2f} epochs of "
         f"{len(streams['train']):,} train tokens)", flush=True)
   valid = _eval_batches(config, streams["valid"])
+
+  def segment(r, target, **mark):
+    _train_until(r, config, streams, mesh, steps=target)
+    r["curve"].append({"tokens": r["step"] * tokens_per_step, "seconds": r["seconds"],
+                       "valid_ppl": _eval_ppl(r, valid, mesh), **mark})
+
   for r in runs:
     r["curve"] = []
   for e in range(1, evals + 1):
     target = round(steps * e / evals)
     for r in runs:
-      _train_until(r, config, streams, mesh, steps=target)
-      r["curve"].append({"tokens": r["step"] * tokens_per_step, "seconds": r["seconds"],
-                         "valid_ppl": _eval_ppl(r, valid, mesh)})
+      segment(r, target)
     print(f"segment {e}/{evals} (step {target:,}): " + ", ".join(
         f"{r['name']} ppl {r['curve'][-1]['valid_ppl']:.1f} at {r['seconds']:.0f}s"
         for r in runs), flush=True)
@@ -201,6 +213,21 @@ def compare_equal_tokens(config, heads_to_run, epochs: float, evals: int,
   for r in runs:
     r["valid_ppl"] = r["curve"][-1]["valid_ppl"]
     r["test_ppl"] = _eval_ppl(r, test, mesh)
+    r["equal_seconds"] = r["seconds"]
+    r["equal_tokens_per_s"] = r["tokens"] / r["seconds"]
+  base = next((r for r in runs if r["name"] == "full"), runs[0])
+  pending = [r for r in runs if extend and r is not base and r["valid_ppl"] > base["valid_ppl"]]
+  while pending:
+    for r in pending:
+      segment(r, r["step"] + round(steps / evals), extended=True)
+    print("extension: " + ", ".join(
+        f"{r['name']} ppl {r['curve'][-1]['valid_ppl']:.1f} at {r['seconds']:.0f}s"
+        for r in pending), flush=True)
+    pending = [r for r in pending if r["curve"][-1]["valid_ppl"] > base["valid_ppl"]
+               and r["seconds"] < base["seconds"]]
+    if progress_path:
+      _write_json(progress_path, config, runs, steps)
+  for r in runs:
     _finish(r)
   return runs, steps
 
@@ -216,9 +243,9 @@ def _write_json(path, config, runs, steps):
     f.write("\n")
 
 
-def time_to_reach(curve, ppl: float):
-  """Training seconds at the first evaluation with validation perplexity <= ``ppl`` (else None)."""
-  return next((p["seconds"] for p in curve if p["valid_ppl"] <= ppl), None)
+def first_reaching(curve, ppl: float):
+  """The first evaluation point of ``curve`` with validation perplexity <= ``ppl`` (else None)."""
+  return next((p for p in curve if p["valid_ppl"] <= ppl), None)
 
 
 def _machine_lines(load_before, load_after):
@@ -253,9 +280,14 @@ def report_equal_tokens(config, runs, steps, vocab_size, load_before, load_after
   """Markdown: the table, the targets checked against the measurements, the machine."""
   base = next((r for r in runs if r["name"] == "full"), runs[0])
   tokens = steps * config.batch_size * config.seq_len
+  extended = any(p.get("extended") for r in runs for p in r["curve"])
   lines = [
       f"Same number of training tokens per head: {tokens:,} ({steps:,} steps), "
-      f"{len(runs[0]['curve'])} evaluations, heads trained round-robin between them.",
+      f"{sum(not p.get('extended') for p in runs[0]['curve'])} evaluations, heads trained "
+      "round-robin between them."
+      + (f" Then every head short of {base['name']}'s final validation perplexity kept "
+         f"training until it reached it or had trained as long as {base['name']} "
+         "(the last column)." if extended else ""),
       _model_line(config, vocab_size), _valid_line(config) + " Test perplexity likewise.",
       "",
       f"| head | tokens | train time (s) | tokens/s | valid ppl | test ppl | valid ppl vs "
@@ -263,25 +295,35 @@ def report_equal_tokens(config, runs, steps, vocab_size, load_before, load_after
       "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   target = base["valid_ppl"]
+
+  def reach_text(r):
+    point = first_reaching(r["curve"], target)
+    if point is None:
+      return None, f"not within {r['seconds']:,.0f} s"
+    return point["seconds"], (f"{point['seconds']:,.0f}"
+                               + (f" ({point['tokens'] / tokens:.2f}x the tokens)"
+                                  if point.get("extended") else ""))
+
   for r in runs:
-    reach = time_to_reach(r["curve"], target)
     lines.append(
-        f"| {r['name']} | {tokens:,} | {r['seconds']:,.0f} | {r['tokens_per_s']:,.0f} | "
-        f"{r['valid_ppl']:.1f} | {r['test_ppl']:.1f} | {r['valid_ppl'] / target:.3f} | "
-        f"{'not reached' if reach is None else f'{reach:,.0f}'} | {r['params']:,} |")
-  lines += ["", f"Targets (checked on these numbers; ratio = valid ppl / {base['name']}'s):"]
+        f"| {r['name']} | {tokens:,} | {r['equal_seconds']:,.0f} | "
+        f"{r['equal_tokens_per_s']:,.0f} | {r['valid_ppl']:.1f} | {r['test_ppl']:.1f} | "
+        f"{r['valid_ppl'] / target:.3f} | {reach_text(r)[1]} | {r['params']:,} |")
+  lines += ["", f"Targets (checked on these numbers; ratio = valid ppl / {base['name']}'s, "
+            "at equal tokens):"]
   for r in runs:
     if r is base:
       continue
     bound = 1.05 if r["name"] == "adaptive" else 1.15
     ratio = r["valid_ppl"] / target
-    reach = time_to_reach(r["curve"], target)
-    faster = reach is not None and reach < base["seconds"]
+    reach, _ = reach_text(r)
+    faster = reach is not None and reach < base["equal_seconds"]
     lines.append(
         f"- {r['name']}: ratio {ratio:.3f} {'<=' if ratio <= bound else '>'} {bound:.2f} "
         f"({'met' if ratio <= bound else 'NOT met'}); reaches {base['name']}'s final perplexity "
-        + (f"after {reach:,.0f} s vs {base['seconds']:,.0f} s ({'met' if faster else 'NOT met'})"
-           if reach is not None else "not within the run (NOT met)") + ".")
+        + (f"after {reach:,.0f} s vs {base['equal_seconds']:,.0f} s "
+           f"({'met' if faster else 'NOT met'})" if reach is not None
+           else f"not within {r['seconds']:,.0f} s of training (NOT met)") + ".")
   return "\n".join(lines + [""] + _machine_lines(load_before, load_after))
 
 
@@ -303,7 +345,10 @@ def plot_equal_tokens(runs, path: str, title: str = ""):
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
-  axes[0].set_title("equal tokens")
+  equal = max(p["tokens"] for r in runs for p in r["curve"] if not p.get("extended"))
+  if any(p.get("extended") for r in runs for p in r["curve"]):
+    axes[0].axvline(equal, color="gray", linestyle=":", linewidth=1)
+  axes[0].set_title("equal tokens (dotted line; beyond it: catching up)")
   axes[1].set_title("same curves against time")
   if title:
     fig.suptitle(title)
@@ -333,14 +378,15 @@ def report(config, runs, budget_s, slices, vocab_size, load_before, load_after) 
   return "\n".join(lines + _machine_lines(load_before, load_after))
 
 
-def run_equal_tokens(config, heads_to_run, *, epochs: float, evals: int, out: str) -> str:
+def run_equal_tokens(config, heads_to_run, *, epochs: float, evals: int, out: str,
+                     extend: bool = True) -> str:
   """``compare_equal_tokens`` then writes ``out`` (Markdown), and beside it the same name
   with ``.png`` (the two-panel plot) and ``.json`` (every curve). Returns the report."""
   from examples.lm import train
   stem = os.path.splitext(out)[0]
   load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
   runs, steps = compare_equal_tokens(config, heads_to_run, epochs, evals,
-                                     progress_path=stem + ".json")
+                                     progress_path=stem + ".json", extend=extend)
   load_after = " ".join(f"{x:.1f}" for x in os.getloadavg())
   vocab, _ = train.load_data(config)
   text = report_equal_tokens(config, runs, steps, len(vocab), load_before, load_after)
@@ -365,7 +411,8 @@ def main(argv):
   if FLAGS.mode == "tokens":
     out = FLAGS.out or os.path.join("runs", f"quality_{config.model}.md")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    print(run_equal_tokens(config, FLAGS.heads, epochs=epochs, evals=evals, out=out))
+    print(run_equal_tokens(config, FLAGS.heads, epochs=epochs, evals=evals, out=out,
+                           extend=FLAGS.extend))
     print(f"wrote {out} and {os.path.splitext(out)[0]}.png/.json")
     return
   load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
