@@ -332,22 +332,24 @@ def plot_equal_tokens(runs, path: str, title: str = ""):
   import matplotlib  # examples extra
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib import ticker
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
   for r in runs:
-    tok = [p["tokens"] for p in r["curve"]]
+    tok = [p["tokens"] / 1e6 for p in r["curve"]]
     sec = [p["seconds"] for p in r["curve"]]
     ppl = [p["valid_ppl"] for p in r["curve"]]
     axes[0].plot(tok, ppl, marker=".", label=r["name"])
     axes[1].plot(sec, ppl, marker=".", label=r["name"])
-  for ax, xlabel in zip(axes, ("training tokens", "training wall-clock seconds")):
+  plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+  for ax, xlabel in zip(axes, ("training tokens (millions)", "training wall-clock seconds")):
     ax.set_xlabel(xlabel)
     ax.set_ylabel("validation perplexity (exact)")
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
-  equal = max(p["tokens"] for r in runs for p in r["curve"] if not p.get("extended"))
-  if any(p.get("extended") for r in runs for p in r["curve"]):
-    axes[0].axvline(equal, color="gray", linestyle=":", linewidth=1)
   axes[0].set_title("equal tokens (dotted line; beyond it: catching up)")
   axes[1].set_title("same curves against time")
   if title:
@@ -391,7 +393,8 @@ def run_equal_tokens(config, heads_to_run, *, epochs: float, evals: int, out: st
   vocab, _ = train.load_data(config)
   text = report_equal_tokens(config, runs, steps, len(vocab), load_before, load_after)
   png = plot_equal_tokens(runs, stem + ".png",
-                          f"{config.model} LM, vocabulary {len(vocab):,}: every head, same tokens")
+                          f"{ {'lstm': 'LSTM'}.get(config.model, config.model.capitalize()) } LM, "
+                          f"vocabulary {len(vocab):,}: every head, same tokens")
   _write_json(stem + ".json", config, runs, steps)
   with open(out, "w") as f:
     f.write(text + f"\n\n![validation perplexity vs tokens and vs seconds]({os.path.basename(png)})\n")
