@@ -350,7 +350,12 @@ def plot_equal_tokens(runs, path: str, title: str = ""):
     ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
-  axes[0].set_title("equal tokens (dotted line; beyond it: catching up)")
+  equal = max(p["tokens"] for r in runs for p in r["curve"] if not p.get("extended")) / 1e6
+  if any(p.get("extended") for r in runs for p in r["curve"]):
+    axes[0].axvline(equal, color="gray", linestyle=":", linewidth=1)
+    axes[0].set_title("equal tokens up to the dotted line, then catching up")
+  else:
+    axes[0].set_title("equal tokens")
   axes[1].set_title("same curves against time")
   if title:
     fig.suptitle(title)
