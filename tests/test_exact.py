@@ -149,8 +149,9 @@ def test_linear_never_builds_full_logits():
     assert (n, 256) in shapes  # the forward walks [N, chunk] logits ...
     jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, w, b).jaxpr
     shapes = list(_all_shapes(jaxpr))
-    if reduction == "mean":  # ... the one-pass gradient [rows, V] blocks of the same size
-      assert (8, v) in shapes and (n, 256) not in shapes
+    if reduction == "mean":  # ... the one-pass gradient keeps blocks of 8 rows' logits,
+      # chunk-major, as many elements as the walk's chunk
+      assert (v // 256, 8, 256) in shapes and (8, 256) in shapes and (n, 256) not in shapes
     # ... [N, V] never
     assert all(int(np.prod(s)) < n * v for s in shapes if len(s) == 2 and s != (v, 8))
   dense = lambda x, w, b: jbs.cross_entropy(x @ w.T + b[None], y)
