@@ -136,18 +136,27 @@ def serve(handlers: dict[str, Callable[[dict], dict]]) -> None:
 
 
 def alternate(contenders: dict[str, Callable[[], float]], rounds: int,
-              peer_names: tuple[str, ...] = (), sleep_s: float = 1.0) -> dict[str, float]:
-  """Runs each contender once per round, in turn; returns the median seconds."""
+              peer_names: tuple[str, ...] = (), sleep_s: float = 1.0,
+              raw: dict[str, list[float]] | None = None) -> dict[str, float]:
+  """Runs each contender once per round, in turn; returns the median seconds.
+
+  Each round starts one contender later than the one before (A B C, B C A, ...), so
+  no contender always runs first after the pause or right after the same neighbour.
+  ``raw``, when given, receives every contender's list of times.
+  """
   times = {k: [] for k in contenders}
-  for _ in range(rounds):
+  names = list(contenders)
+  for r in range(rounds):
     prev_peer = None
-    for name, fn in contenders.items():
+    for name in names[r % len(names):] + names[:r % len(names)]:
       is_peer = name in peer_names
       if prev_peer is not None and prev_peer != is_peer:
         time.sleep(sleep_s)
-      times[name].append(fn())
+      times[name].append(contenders[name]())
       prev_peer = is_peer
     time.sleep(sleep_s)
+  if raw is not None:
+    raw.update(times)
   return {k: statistics.median(v) for k, v in times.items()}
 
 
