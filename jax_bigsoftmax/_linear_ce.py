@@ -615,7 +615,10 @@ def linear_cross_entropy(
       gradient-accumulation micro-batches and divide by their summed
       ``num_tokens`` once).
     chunk_size: vocabulary rows per chunk; default keeps about 2**21 logits
-      per chunk. Need not divide V.
+      per chunk. Need not divide V. Under differentiation of a ``"mean"`` or
+      ``"sum"`` loss the one-pass gradient stores the logits of blocks of rows:
+      about 2**26 of them by default (256 MiB in float32), about
+      ``N * chunk_size`` when ``chunk_size`` is given.
 
   Returns:
     A scalar, or ``[...]`` for ``reduction="none"`` (float32 for half inputs);
