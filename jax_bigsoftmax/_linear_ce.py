@@ -35,6 +35,7 @@ from jax.typing import ArrayLike
 
 from jax_bigsoftmax import _checks
 from jax_bigsoftmax._exact import label_terms
+from jax_bigsoftmax._sharding import make_varying, varying_axes
 from jax_bigsoftmax._sharding import varying_like as _varying_like
 
 # Default vocabulary chunk: about 2**21 logits (8 MiB in float32) per chunk, at
@@ -79,6 +80,7 @@ class Opts(NamedTuple):
   softcap: float | None  # logits become softcap * tanh(z / softcap)
   aux: bool             # compute the entropy term and the arg-max
   block_chunk: int | None = None  # vocabulary chunk within a row block (None: cache-sized)
+  vocab_axis: str | None = None   # inside shard_map: the mesh axis weight's rows are split on
 
 
 class RowStats(NamedTuple):
@@ -274,6 +276,34 @@ linear_stats.defvjp(_linear_stats_fwd, _linear_stats_bwd)
 
 # --- the one-pass gradient (reduced losses) ---------------------------------------
 
+def combine_row_stats(local: RowStats, offset, axis: str, aux: bool) -> RowStats:
+  """Global :class:`RowStats` from each vocabulary shard's local ones (inside
+  ``shard_map``): a ``pmax`` and one ``psum`` of ``[N]`` vectors (plus a
+  ``pmax``/``pmin`` pair for the arg-max when ``aux``)."""
+  m = lax.pmax(lax.stop_gradient(local.lse), axis)
+  m_safe = jnp.where(jnp.isfinite(m), m, 0.0)  # a row that is -inf on every shard
+  e = jnp.exp(local.lse - m_safe)
+  parts = [e, local.zy, local.zw]
+  if aux:
+    parts.append(jnp.where(e > 0, e * local.pz, 0.0))
+  sums = lax.psum(jnp.stack(parts), axis)
+  lse = m_safe + jnp.log(sums[0])
+  if not aux:
+    zero = jnp.zeros_like(lse)
+    return RowStats(lse, sums[1], sums[2], zero, zero, jnp.zeros(lse.shape, jnp.int32))
+  pz = sums[3] / sums[0]
+  # arg-max with jnp.argmax's semantics across shards: first NaN, else first max.
+  local_best = lax.stop_gradient(local.best)
+  is_nan = jnp.isnan(local_best)
+  any_nan = lax.pmax(is_nan.astype(jnp.int32), axis) > 0
+  best = lax.pmax(jnp.where(is_nan, -jnp.inf, local_best), axis)
+  mine = jnp.where(any_nan, is_nan, local_best == best)
+  big = jnp.iinfo(jnp.int32).max
+  arg = lax.pmin(jnp.where(mine, local.arg + offset, big), axis)
+  return RowStats(lse, sums[1], sums[2], pz, jnp.where(any_nan, jnp.nan, best), arg)
+
+
+
 def _fused_forward(opts, row_loss, x, weight, bias, labels, class_weight, row_args, keep):
   """Loss sum, stats and the loss sum's gradients, one row block at a time.
 
@@ -283,8 +313,15 @@ def _fused_forward(opts, row_loss, x, weight, bias, labels, class_weight, row_ar
   store and load is contiguous); once the block's log-sum-exp is known, the second
   turns each stored chunk into its gradient and adds it to ``dx``, ``dweight`` and
   ``dbias`` while it is still in cache. 3 matrix products in all, as a dense step.
+
+  With ``opts.vocab_axis`` (inside ``shard_map``, ``weight`` this device's rows,
+  ``labels`` relative to them) each block's statistics are combined across the
+  vocabulary shards before its gradients are formed, so every shard only ever
+  touches its own rows; the loss sum and the statistics are the global ones.
   """
   n, vocab = x.shape[0], weight.shape[0]
+  ax = opts.vocab_axis
+  offset = None if ax is None else lax.axis_index(ax) * vocab
   acc = _checks.compute_dtype(x, weight)
   r = opts.row_block
   c = opts.block_chunk or choose_chunk_size(r, vocab, None)
@@ -296,7 +333,7 @@ def _fused_forward(opts, row_loss, x, weight, bias, labels, class_weight, row_ar
     x_b, y_b, k_b = rows(x), rows(labels), rows(keep)
     args_b = jax.tree.map(rows, row_args)
     # The last, shorter block gets its own buffer (the loop's is dead by then).
-    store = buf if size == r else jnp.zeros((full, size, c), acc)
+    store = buf if size == r else _varying_like(jnp.zeros((full, size, c), acc), x, weight)
 
     def fill(k, cy):
       st, store = cy
@@ -310,6 +347,8 @@ def _fused_forward(opts, row_loss, x, weight, bias, labels, class_weight, row_ar
     if rest:
       st = _stats_update(st, z_rest, full * c, y_b, class_weight, opts)
     st = _stats_final(st, opts)
+    if ax is not None:
+      st = combine_row_stats(st, offset, ax, opts.aux)
 
     loss_b, vjp = jax.vjp(lambda lse, zy, zw: row_loss(lse, zy, zw, args_b), st.lse, st.zy, st.zw)
     g = tuple(jnp.where(k_b, t, 0.0) for t in vjp(jnp.ones_like(loss_b)))
@@ -323,7 +362,7 @@ def _fused_forward(opts, row_loss, x, weight, bias, labels, class_weight, row_ar
       dz = jnp.where(k_b[:, None], dz, 0.0)
       return _accumulate(dx_b, dw, db, dz, x_safe, weight, start_c, z.shape[1], acc)
 
-    cy = (jnp.zeros((size, x.shape[1]), acc), dw, db)
+    cy = (_varying_like(jnp.zeros((size, x.shape[1]), acc), x, weight), dw, db)
     if full:
       cy = lax.fori_loop(0, full, lambda k, cy: grad(store[k], k * c, cy), cy)
     if rest:
@@ -334,12 +373,15 @@ def _fused_forward(opts, row_loss, x, weight, bias, labels, class_weight, row_ar
                          stats, st)
     return total + jnp.sum(loss_b), stats, dx, dw, db, (store if size == r else buf)
 
+  refs = (x, weight, bias, labels, class_weight)
+  # The loss sum and the (combined) statistics do not vary over the vocabulary axis.
+  row_axes = frozenset().union(*(varying_axes(a) for a in jax.tree.leaves(refs))) - {ax}
   stats0 = RowStats(*(jnp.zeros((n,), acc),) * 5, jnp.zeros((n,), jnp.int32))
-  init = (jnp.zeros((), acc), stats0, jnp.zeros(x.shape, acc), jnp.zeros(weight.shape, acc),
-          None if bias is None else jnp.zeros(bias.shape, acc),
-          jnp.zeros((full, r, c), acc))
-  init = _varying_like(init, x, weight, bias, labels, class_weight)
-  total, stats, dx, dw, db, _ = _walk(block, init, n, r)
+  total0, stats0 = make_varying((jnp.zeros((), acc), stats0), row_axes)
+  init = _varying_like((jnp.zeros(x.shape, acc), jnp.zeros(weight.shape, acc),
+                        None if bias is None else jnp.zeros(bias.shape, acc),
+                        jnp.zeros((full, r, c), acc)), *refs)
+  total, stats, dx, dw, db, _ = _walk(block, (total0, stats0, *init), n, r)
   return (total, stats, dx.astype(x.dtype), dw.astype(weight.dtype),
           None if bias is None else db.astype(bias.dtype))
 
@@ -356,6 +398,9 @@ def fused_loss_sum(opts: Opts, row_loss: Callable, x, weight, bias, labels, clas
   and the backward scales them by the cotangent.
   """
   stats = _forward_stats(x, weight, bias, labels, class_weight, opts)
+  if opts.vocab_axis is not None:
+    offset = lax.axis_index(opts.vocab_axis) * weight.shape[0]
+    stats = combine_row_stats(stats, offset, opts.vocab_axis, opts.aux)
   return jnp.sum(row_loss(stats.lse, stats.zy, stats.zw, row_args)), stats
 
 

@@ -1,11 +1,14 @@
 """Vocabulary-parallel exact cross-entropy (Megatron-LM style) with ``shard_map``.
 
 ``weight`` ``[V, D]`` is split on V over a mesh axis. Each device runs the
-chunked :func:`linear_stats` on its own slice (its label logit only where it
+chunked vocabulary walk on its own slice (its label logit only where it
 owns the label) and the per-row statistics are combined with two collectives
 of ``[N]``-sized vectors: a ``pmax`` of the local log-sum-exp and one ``psum``
-of ``(sum-exp, label logit, weighted logit sum)``. The backward is plain
-autodiff of those collectives: every device only ever touches its own slice.
+of ``(sum-exp, label logit, weighted logit sum)``. For ``"mean"``/``"sum"``
+losses this happens per block of rows inside the one-pass gradient
+(:func:`fused_loss_sum`: 3 matrix products per shard, the backward only scales);
+for ``"none"`` the backward is plain autodiff of those collectives over the
+recomputing walk. Either way every device only ever touches its own slice.
 """
 from __future__ import annotations
 
@@ -16,9 +19,10 @@ from jax.sharding import Mesh, PartitionSpec as P
 from jax.typing import ArrayLike
 
 from jax_bigsoftmax import _checks
-from jax_bigsoftmax._linear_ce import (Opts, RowStats, choose_chunk_size, finish,
-                                       flat_row_terms, linear_stats, loss_spec,
-                                       prepare_linear_ce, row_terms)
+from jax_bigsoftmax._linear_ce import (Opts, RowStats, choose_chunk_size, choose_row_block,
+                                       combine_row_stats, finish, flat_row_terms,
+                                       fused_loss_sum, linear_stats, loss_spec,
+                                       make_row_loss, prepare_linear_ce, row_terms)
 from jax_bigsoftmax._sharding import make_varying
 
 
@@ -28,33 +32,6 @@ def _check_mesh_axes(mesh: Mesh, vocab_axis: str, data_axis: str | None) -> None
       raise ValueError(f"{name}={axis!r} is not an axis of the mesh {mesh.axis_names}.")
   if vocab_axis == data_axis:
     raise ValueError(f"vocab_axis and data_axis must differ; both are {vocab_axis!r}.")
-
-
-def combine_row_stats(local: RowStats, offset, axis: str, aux: bool) -> RowStats:
-  """Global :class:`RowStats` from each vocabulary shard's local ones (inside
-  ``shard_map``): a ``pmax`` and one ``psum`` of ``[N]`` vectors (plus a
-  ``pmax``/``pmin`` pair for the arg-max when ``aux``)."""
-  m = lax.pmax(lax.stop_gradient(local.lse), axis)
-  m_safe = jnp.where(jnp.isfinite(m), m, 0.0)  # a row that is -inf on every shard
-  e = jnp.exp(local.lse - m_safe)
-  parts = [e, local.zy, local.zw]
-  if aux:
-    parts.append(jnp.where(e > 0, e * local.pz, 0.0))
-  sums = lax.psum(jnp.stack(parts), axis)
-  lse = m_safe + jnp.log(sums[0])
-  if not aux:
-    zero = jnp.zeros_like(lse)
-    return RowStats(lse, sums[1], sums[2], zero, zero, jnp.zeros(lse.shape, jnp.int32))
-  pz = sums[3] / sums[0]
-  # arg-max with jnp.argmax's semantics across shards: first NaN, else first max.
-  local_best = lax.stop_gradient(local.best)
-  is_nan = jnp.isnan(local_best)
-  any_nan = lax.pmax(is_nan.astype(jnp.int32), axis) > 0
-  best = lax.pmax(jnp.where(is_nan, -jnp.inf, local_best), axis)
-  mine = jnp.where(any_nan, is_nan, local_best == best)
-  big = jnp.iinfo(jnp.int32).max
-  arg = lax.pmin(jnp.where(mine, local.arg + offset, big), axis)
-  return RowStats(lse, sums[1], sums[2], pz, jnp.where(any_nan, jnp.nan, best), arg)
 
 
 def vocab_parallel_cross_entropy(
@@ -131,23 +108,35 @@ def vocab_parallel_cross_entropy(
   local_vocab = vocab // n_vocab_shards
   local_rows = x.shape[0] // (mesh.shape[data_axis] if data_axis else 1)
   aux = bool(return_aux)
-  opts = Opts(choose_chunk_size(local_rows, local_vocab, chunk_size), local_rows, p.eps != 0.0,
-              p.softcap, aux)
+  opts = Opts(choose_chunk_size(local_rows, local_vocab, chunk_size),
+              choose_row_block(local_rows, local_vocab, chunk_size), p.eps != 0.0, p.softcap, aux,
+              chunk_size, vocab_axis)
   axes = tuple(a for a in (data_axis, vocab_axis) if a is not None)
+  spec = loss_spec(p)
+  fused = reduction != "none"
+  row_loss = make_row_loss(spec) if fused else None
 
-  def local(x, w, b, y, cw, keep):
+  def local(x, w, b, y, cw, keep, row_args):
     # Every operand varies over every mesh axis inside; autodiff then psums the
     # gradients of replicated operands (x over vocab, weight over data).
     x, w, b, y, cw, keep = make_varying((x, w, b, y, cw, keep), axes)
     offset = lax.axis_index(vocab_axis) * local_vocab
-    stats = linear_stats(opts, x, w, b, jnp.where(y >= 0, y - offset, -1), cw, keep)
-    return combine_row_stats(stats, offset, vocab_axis, aux)
+    y_local = jnp.where(y >= 0, y - offset, -1)
+    if fused:  # one-pass gradients; the loss sum of this device's rows
+      total, stats = fused_loss_sum(opts, row_loss, x, w, b, y_local, cw, row_args, keep)
+      return total[None], stats
+    stats = linear_stats(opts, x, w, b, y_local, cw, keep)
+    return jnp.zeros((1,), stats.lse.dtype), combine_row_stats(stats, offset, vocab_axis, aux)
 
   rows, vocab_rows = P(data_axis), P(vocab_axis)
   specs = (P(data_axis, None), P(vocab_axis, None),
            None if bias is None else vocab_rows, rows,
-           None if p.class_weight is None else vocab_rows, rows)
-  stats = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=RowStats(*[rows] * 6))(
-      x, weight, None if bias is None else jnp.asarray(bias), y, p.class_weight, keep)
-  ce, zl = row_terms(loss_spec(p), stats.lse, stats.zy, stats.zw, row_args)
-  return finish(ce, zl, stats, p.labels.shape, bad, keep, row_args, reduction, return_aux, acc)
+           None if p.class_weight is None else vocab_rows, rows, (rows,) * len(row_args))
+  total, stats = jax.shard_map(local, mesh=mesh, in_specs=specs,
+                               out_specs=(rows, RowStats(*[rows] * 6)))(
+      x, weight, None if bias is None else jnp.asarray(bias), y, p.class_weight, keep, row_args)
+  sg = lax.stop_gradient
+  ce, zl = row_terms(spec, sg(stats.lse), sg(stats.zy), sg(stats.zw), row_args) if fused else \
+      row_terms(spec, stats.lse, stats.zy, stats.zw, row_args)
+  return finish(ce, zl, stats, p.labels.shape, bad, keep, row_args, reduction, return_aux, acc,
+                total=jnp.sum(total) if fused else None)
