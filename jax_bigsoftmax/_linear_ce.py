@@ -324,7 +324,8 @@ def _fused_forward(opts, row_loss, x, weight, bias, labels, class_weight, row_ar
   offset = None if ax is None else lax.axis_index(ax) * vocab
   acc = _checks.compute_dtype(x, weight)
   r = opts.row_block
-  c = opts.block_chunk or choose_chunk_size(r, vocab, None)
+  # Cache-sized in both the logits chunk [r, c] and the weight rows it reads [c, D].
+  c = opts.block_chunk or choose_chunk_size(max(r, x.shape[1]), vocab, None)
   full, rest = divmod(vocab, c)
 
   def block(start, size, carry):
