@@ -205,3 +205,47 @@ def run_training(train_and_evaluate: Callable, config, workdir: str):
     if common.TRAINING_STARTED.is_set():
       raise  # a failure during training is a bug or a divergence: keep the traceback
     fail(str(e))
+
+
+# ------------------------------------------------------------------- programs
+
+
+def main(doc: str, *, config: str, workdir: str, train: str, distributed: bool = True) -> None:
+  """The ``main.py`` of every example program.
+
+  Defines ``--workdir``, ``--config`` (default ``config``, a path relative to
+  the repository) and, with ``distributed``, the ``jax.distributed`` flags;
+  parses ``sys.argv`` with :func:`flags_parser` and runs
+  ``<train>.train_and_evaluate(config, workdir)`` through :func:`run_training`.
+
+  Args:
+    doc: the program's docstring (the head of ``--help``).
+    config: default config file, relative to the repository root.
+    workdir: default ``--workdir``.
+    train: the module holding ``train_and_evaluate`` (e.g. ``"examples.lm.train"``).
+    distributed: offer ``--distributed`` (multi-process training).
+  """
+  from absl import app, logging
+
+  default = os.path.join(ROOT, config)
+  flags.DEFINE_string("workdir", workdir, "Checkpoints, metrics and outputs go here.")
+  define_config_flag(default, "Experiment config file.")
+  if distributed:
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host).")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (with --distributed).")
+    flags.DEFINE_integer("process_id", None, "This process's id (with --distributed).")
+  FLAGS = flags.FLAGS
+
+  def run(argv):
+    del argv  # checked by flags_parser
+    logging.set_verbosity(logging.WARNING)  # keep orbax's INFO lines off the progress bar
+    if distributed and FLAGS.distributed:
+      import jax
+      if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") in (None, "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes
+      jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    module = importlib.import_module(train)
+    run_training(module.train_and_evaluate, FLAGS.config, FLAGS.workdir)
+
+  app.run(run, flags_parser=flags_parser(default, doc=doc))

@@ -1,16 +1,11 @@
 """Converters from torch / Paddle state dicts (numpy values) to this library's Flax params."""
 
-# --- hierarchical sigmoid (issue 3) ---
-from jax_bigsoftmax._hsigmoid_head import hsigmoid_params_from_paddle
-
-# --- adaptive softmax (issue 4) ---
-from jax_bigsoftmax._adaptive_head import adaptive_params_from_paddle
-from jax_bigsoftmax._adaptive_head import adaptive_params_from_torch
+from jax_bigsoftmax.adaptive._interop import adaptive_params_from_paddle
+from jax_bigsoftmax.adaptive._interop import adaptive_params_from_torch
+from jax_bigsoftmax.hsigmoid._interop import hsigmoid_params_from_paddle
 
 __all__ = (
-    # hsigmoid
-    "hsigmoid_params_from_paddle",
-    # adaptive
     "adaptive_params_from_paddle",
     "adaptive_params_from_torch",
+    "hsigmoid_params_from_paddle",
 )

@@ -531,6 +531,6 @@ def test_suggest_cutoffs_is_optimal_on_its_grid():
                              jbs.adaptive_cost(counts, list(brute), **kw), rtol=1e-9)
   auto = jbs.suggest_cutoffs(counts, **kw)
   assert jbs.adaptive_cost(counts, auto, **kw) <= jbs.adaptive_cost(counts, got, **kw) + 1e-6
-  jbs._adaptive_head.adaptive_cutoffs(64, v, auto, 2.0)  # valid for the module
+  jbs.adaptive._head.adaptive_cutoffs(64, v, auto, 2.0)  # valid for the module
   with pytest.raises(ValueError, match="n_clusters must be an int in"):
     jbs.suggest_cutoffs(counts, in_features=4, div_value=4.0, n_clusters=2)

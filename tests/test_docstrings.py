@@ -7,7 +7,7 @@ import pytest
 
 import jax_bigsoftmax
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(jax_bigsoftmax.__path__, "jax_bigsoftmax."))
+MODULES = sorted(m.name for m in pkgutil.walk_packages(jax_bigsoftmax.__path__, "jax_bigsoftmax."))
 
 
 @pytest.mark.parametrize("name", MODULES)

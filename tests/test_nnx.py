@@ -269,7 +269,7 @@ def test_nnx_jit_optimizer_steps_reduce_the_loss(name, linen_head):
 def test_sharding_metadata_follows_the_linen_head():
   mesh = jax.make_mesh((4,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,),
                        devices=jax.devices()[:4])
-  init = nn.with_partitioning(jbs._full_head.default_weight_init, ("vocab", None), mesh=mesh)
+  init = nn.with_partitioning(jbs.exact._head.default_weight_init, ("vocab", None), mesh=mesh)
   linen_head = jbs.FullSoftmaxLoss(num_classes=V, features=D, weight_init=init)
   head = jnnx.FullSoftmaxLoss(num_classes=V, features=D, weight_init=init, rngs=nnx.Rngs(0))
   specs = nnx.get_partition_spec(nnx.state(head))
@@ -291,7 +291,8 @@ def test_sharding_metadata_follows_the_linen_head():
                                   jnnx.HSigmoidLoss, jnnx.SampledSoftmaxLoss])
 def test_constructor_keywords_are_the_linen_attributes(twin):
   linen_fields = [f for f in twin.linen_class.__dataclass_fields__ if f not in ("parent", "name")]
-  params = inspect.signature(twin).parameters
+  params = dict(inspect.signature(twin.__init__).parameters)
+  params.pop("self")
   assert list(params)[:len(linen_fields)] == linen_fields
   assert params["rngs"].kind == inspect.Parameter.KEYWORD_ONLY
   assert twin.__name__ == twin.linen_class.__name__
@@ -322,7 +323,7 @@ def test_sharding_annotation_without_mesh_takes_the_head_mesh():
   class WithMesh(jbs.FullSoftmaxLoss):
     mesh: object = None
 
-  init = nn.with_partitioning(jbs._full_head.default_weight_init, ("vocab", None))
+  init = nn.with_partitioning(jbs.exact._head.default_weight_init, ("vocab", None))
   linen_head = WithMesh(num_classes=V, features=D, weight_init=init, mesh=mesh)
   variables = linen_head.init(jax.random.key(0), *_data())
   head = jnnx.from_linen(linen_head, variables)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import jax_bigsoftmax as jbs
-from jax_bigsoftmax import _sampled_head as jbs_sampled_head
+from jax_bigsoftmax.sampled._head import SampledSoftmax
 
 V, D = 40, 6
 
@@ -44,13 +44,13 @@ def test_params_and_training_loss_is_tf_sampled_softmax(monkeypatch):
   assert params["params"]["weight"].shape == (V, D)
   assert params["params"]["bias"].shape == (V,)
   seen = []
-  real = jbs_sampled_head.sampled_softmax_loss
+  real = SampledSoftmax.training_loss
 
   def spy(*args, **kw):
     seen.append((args, kw))
     return real(*args, **kw)
 
-  monkeypatch.setattr(jbs_sampled_head, "sampled_softmax_loss", spy)
+  monkeypatch.setattr(SampledSoftmax, "training_loss", staticmethod(spy))
   key = jax.random.key(3)
 
   @jax.jit

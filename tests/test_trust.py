@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import jax_bigsoftmax as jbs
-from jax_bigsoftmax import _checks
+from jax_bigsoftmax._core import checks as _checks
 
 X64 = bool(jax.config.jax_enable_x64)
 needs_x64 = pytest.mark.skipif(not X64, reason="int64 ids beyond int32 need jax_enable_x64")

@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jax_bigsoftmax import _checks
-from jax_bigsoftmax._sharding import varying_like as _varying_like
+from jax_bigsoftmax._core import checks as _checks
+from jax_bigsoftmax._core.sharding import varying_like as _varying_like
 
 _MIN_BLOCK = 16
 _LEVEL_FACTOR = 8
@@ -576,16 +576,29 @@ def _predict(x, head_weight, tails, head_bias, *, bounds, cap):
     idx, _ = _rows(order, count, start, size)
     xg = jnp.take(x, idx, axis=0, mode="clip")
     lp = jnp.take(head_lp, idx, axis=0, mode="clip")
-    best = jnp.argmax(lp[:, :sl], axis=-1).astype(jnp.int32)
-    best_v = jnp.max(lp[:, :sl], axis=-1)
+    tail_ids, tail_lp = [], []
     for i, (proj, out) in enumerate(tails):
       _, z = _tail_logits(xg, proj, out, cdt)
       zl = jax.nn.log_softmax(z, axis=-1) + lp[:, sl + i, None]
-      v = jnp.max(zl, axis=-1)
-      j = jnp.argmax(zl, axis=-1).astype(jnp.int32) + bounds[i]
-      better = v > best_v
-      best, best_v = jnp.where(better, j, best), jnp.where(better, v, best_v)
+      tail_ids.append(jnp.argmax(zl, axis=-1).astype(jnp.int32))
+      tail_lp.append(jnp.max(zl, axis=-1))
+    best = best_of_clusters(jnp.argmax(lp[:, :sl], axis=-1).astype(jnp.int32),
+                            jnp.max(lp[:, :sl], axis=-1), tail_ids, tail_lp, bounds)
     return pred.at[idx].set(best, mode="drop")
 
   pred = _run_blocks(body, first, count, cap)
   return pred
+
+
+def best_of_clusters(short_id, short_lp, tail_ids, tail_lp, bounds):
+  """The exact arg-max class from each piece's best: ``short_id``/``short_lp`` the best
+  shortlist word and its log-probability, ``tail_ids[i]``/``tail_lp[i]`` the best word of
+  cluster ``i`` (id within the cluster) and its log-probability. Ties go to the lowest id,
+  as ``argmax`` does (the pieces are in id order). Used by both the single-device predict
+  (on the rows it gathers) and the vocabulary-sharded head (on every row)."""
+  best, best_v = short_id, short_lp
+  for i, (j, v) in enumerate(zip(tail_ids, tail_lp)):
+    better = v > best_v
+    best = jnp.where(better, bounds[i] + j, best)
+    best_v = jnp.where(better, v, best_v)
+  return best

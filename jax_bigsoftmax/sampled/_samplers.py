@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jax_bigsoftmax import _checks
+from jax_bigsoftmax._core import checks as _checks
 
 
 # ----------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jax_bigsoftmax import _checks
+from jax_bigsoftmax._core import checks as _checks
+from jax_bigsoftmax._core.linear import label_terms
 
 
 def _check_common(name, scores, labels, weight, reduction):
@@ -23,26 +24,6 @@ def _check_common(name, scores, labels, weight, reduction):
     _checks.check_floating("weight", weight)
     _checks.check_shape("weight", weight, (num_classes,), "one weight per class")
   return num_classes
-
-
-def label_terms(labels: jax.Array, num_classes: int, weight: jax.Array | None,
-                ignore_index: int, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Per-position bookkeeping shared by every exact loss.
-
-  Returns ``(safe_labels, w_label, bad)``: labels clipped into range (for
-  gathers), the class weight of each label (0 where ignored) and a mask of
-  out-of-range, non-ignored labels (the caller turns those into NaN).
-  """
-  ignored = labels == ignore_index
-  in_range = (labels >= 0) & (labels < num_classes)
-  safe = jnp.where(in_range, labels, 0)
-  if weight is None:
-    w_label = jnp.ones(labels.shape, dtype)
-  else:
-    w_label = jnp.asarray(weight, dtype)[safe]
-  w_label = jnp.where(ignored, jnp.zeros((), dtype), w_label)
-  bad = ~(in_range | ignored)
-  return safe, w_label, bad
 
 
 def reduce_loss(per_position: jax.Array, w_label: jax.Array, bad: jax.Array,

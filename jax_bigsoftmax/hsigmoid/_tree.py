@@ -19,7 +19,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jax_bigsoftmax import _checks
+from jax_bigsoftmax._core import checks as _checks
 
 
 def check_num_classes(num_classes, name: str = "num_classes") -> int:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jax_bigsoftmax import _checks
+from jax_bigsoftmax._core import checks as _checks
 
 
 def _check_counts(counts) -> np.ndarray:

@@ -20,8 +20,8 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jax_bigsoftmax import _checks
-from jax_bigsoftmax import _hsigmoid_tree as _tree
+from jax_bigsoftmax._core import checks as _checks
+from jax_bigsoftmax.hsigmoid import _tree
 
 _CLIP = 40.0  # Paddle clips the node logits to [-40, 40]
 

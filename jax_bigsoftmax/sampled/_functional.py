@@ -26,22 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jax_bigsoftmax import _checks
-from jax_bigsoftmax._sampled_samplers import log_uniform_candidate_sampler
+from jax_bigsoftmax._core import checks as _checks
+from jax_bigsoftmax.sampled._samplers import log_uniform_candidate_sampler
 
 # TF's compute_accidental_hits weight (-FLT_MAX) and Paddle's hit offset / inf clip.
 _TF_HIT = -float(np.finfo(np.float32).max)
 _PADDLE_HIT = 1e20
-
-
-def _check_count(name: str, v, lo: int = 1) -> None:
-  if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-    raise ValueError(f"{name} must be an int >= {lo}; got {v!r}.")
-
-
-def _check_bool(name: str, v) -> None:
-  if not isinstance(v, (bool, np.bool_)):
-    raise TypeError(f"{name} must be a Python bool; got {v!r}.")
 
 
 def _last_occurrence(sampled_S: jax.Array) -> jax.Array:
@@ -134,10 +124,10 @@ def prepare_sampled_args(weights, biases, labels, inputs, num_sampled, num_class
 
   Returns ``(V, D, sampled [S], true_expected_count [..., T], sampled_expected_count [S])``.
   """
-  _check_count("num_sampled", num_sampled)
-  _check_count("num_classes", num_classes, 2)
-  _check_count("num_true", num_true)
-  _check_bool("remove_accidental_hits", remove_accidental_hits)
+  _checks.check_count("num_sampled", num_sampled)
+  _checks.check_count("num_classes", num_classes, 2)
+  _checks.check_count("num_true", num_true)
+  _checks.check_bool("remove_accidental_hits", remove_accidental_hits)
   if not allow_shards and any(isinstance(a, (list, tuple)) for a in (weights, biases)):
     raise TypeError("weights and biases must be arrays here (lists of shards are accepted by"
                     " sampled_softmax_loss, nce_loss and compute_sampled_logits).")
@@ -273,7 +263,7 @@ def _sampled_logits(weights, biases, labels, inputs, num_sampled, num_classes, n
   Rows with a label in ``[num_classes, V)`` (a row exists but the sampler's
   range excludes it) are NaN.
   """
-  _check_bool("subtract_log_q", subtract_log_q)
+  _checks.check_bool("subtract_log_q", subtract_log_q)
   _, _, sampled, true_ec, sampled_ec = prepare_sampled_args(
       weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
       remove_accidental_hits, key, allow_shards=True)
@@ -348,13 +338,32 @@ def compute_sampled_logits(
   References:
     TensorFlow ``nn_impl._compute_sampled_logits``.
   """
-  true_logits, sampled_logits = _sampled_logits(
+  return _concat_logits(*_sampled_logits(
       weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-      subtract_log_q, remove_accidental_hits, key)
+      subtract_log_q, remove_accidental_hits, key))
+
+
+def _concat_logits(true_logits, sampled_logits):
+  """TF's ``(logits [..., T+S], labels [..., T+S])``: targets first, label ``1/T`` each."""
+  num_true = true_logits.shape[-1]
   logits = jnp.concatenate([true_logits, sampled_logits], axis=-1)
   out_labels = jnp.concatenate([jnp.full(true_logits.shape, 1.0 / num_true, logits.dtype),
                                 jnp.zeros(sampled_logits.shape, logits.dtype)], axis=-1)
   return logits, out_labels
+
+
+def _nce_from_logits(true_logits, sampled_logits):
+  """NCE: the binary logistic loss of the targets against the noise classes, summed."""
+  return jnp.sum(_sigmoid_ce(*_concat_logits(true_logits, sampled_logits)), axis=-1)
+
+
+def _nce_loss_from_rows(x_NxD, true_w_NxTxD, true_b_NxT, sampled_w_SxD, sampled_b_S,
+                        labels_NxT, sampled_S, true_ec_NxT, sampled_ec_S,
+                        remove_accidental_hits: bool) -> jax.Array:
+  """NCE from the gathered rows (the part that is differentiated)."""
+  return _nce_from_logits(*_sampled_logits_from_rows(
+      x_NxD, true_w_NxTxD, true_b_NxT, sampled_w_SxD, sampled_b_S, labels_NxT, sampled_S,
+      true_ec_NxT, sampled_ec_S, True, remove_accidental_hits))
 
 
 def nce_loss(
@@ -420,10 +429,9 @@ def nce_loss(
     Gutmann & Hyvarinen 2010, "Noise-contrastive estimation"; Mnih & Teh 2012;
     Mikolov et al. 2013 (word2vec); TensorFlow ``nn_impl.nce_loss``.
   """
-  logits, out_labels = compute_sampled_logits(
+  return _nce_from_logits(*_sampled_logits(
       weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values, True,
-      remove_accidental_hits, key=key)
-  return jnp.sum(_sigmoid_ce(logits, out_labels), axis=-1)
+      remove_accidental_hits, key))
 
 
 def compute_accidental_hits(
@@ -463,7 +471,7 @@ def compute_accidental_hits(
   References:
     TensorFlow ``candidate_sampling_ops.compute_accidental_hits``.
   """
-  _check_count("num_true", num_true)
+  _checks.check_count("num_true", num_true)
   _checks.check_integer("true_classes", true_classes)
   _checks.check_integer("sampled_candidates", sampled_candidates)
   _checks.check_ndim("true_classes", true_classes, min_ndim=1)
@@ -692,7 +700,7 @@ def sampled_softmax_loss_from_rows(
     ``[...]`` per-example losses (NaN where a gathered row is NaN, i.e. for an
     out-of-range id).
   """
-  _check_bool("remove_accidental_hits", remove_accidental_hits)
+  _checks.check_bool("remove_accidental_hits", remove_accidental_hits)
   _checks.check_floating("inputs", inputs)
   _checks.check_ndim("inputs", inputs, min_ndim=1)
   _checks.check_integer("labels", labels)
@@ -780,10 +788,10 @@ def sampled_softmax_with_cross_entropy(
     Jean et al. 2014, "On Using Very Large Target Vocabulary for Neural Machine
     Translation"; Paddle ``sample_logits_op.h``.
   """
-  _check_count("num_samples", num_samples)
-  _check_count("num_true", num_true)
-  _check_bool("remove_accidental_hits", remove_accidental_hits)
-  _check_bool("use_customized_samples", use_customized_samples)
+  _checks.check_count("num_samples", num_samples)
+  _checks.check_count("num_true", num_true)
+  _checks.check_bool("remove_accidental_hits", remove_accidental_hits)
+  _checks.check_bool("use_customized_samples", use_customized_samples)
   _checks.check_floating("logits", logits)
   _checks.check_integer("label", label)
   _checks.check_ndim("logits", logits, min_ndim=1)
@@ -810,7 +818,7 @@ def sampled_softmax_with_cross_entropy(
           f" unique sampling; got num_samples={num_samples}.")
     _checks.check_labels_in_range(label, num_classes, name="label")
     if key is None:
-      _check_count("seed", seed, 0)
+      _checks.check_count("seed", seed, 0)
       key = jax.random.key(seed)
     sampled, true_ec, sampled_ec = log_uniform_candidate_sampler(
         key, label, num_true, num_samples, True, num_classes)

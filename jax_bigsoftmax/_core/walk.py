@@ -1,6 +1,9 @@
-"""Exact cross-entropy of a linear layer without materialising ``[N, V]`` logits.
+"""The chunked statistics walk: softmax statistics of a linear layer without ``[N, V]``.
 
-Two kernels share one set of per-row statistics (``RowStats``) and one
+Every family that needs an exact softmax over a ``[V, D]`` matrix (the exact
+losses, the sampled head's evaluation, the vocabulary-parallel pieces of the
+adaptive head) runs on this one kernel, plain or inside ``shard_map``
+(``Opts.vocab_axis``). Two kernels share one set of per-row statistics (``RowStats``) and one
 gradient formula (:func:`_dlogits`):
 
 * The **vocabulary walk** (forward, and the backward of unreduced losses):
@@ -31,24 +34,18 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.typing import ArrayLike
 
-from jax_bigsoftmax import _checks
-from jax_bigsoftmax._exact import label_terms
-from jax_bigsoftmax._sharding import make_varying, varying_axes
-from jax_bigsoftmax._sharding import varying_like as _varying_like
+from jax_bigsoftmax._core import checks as _checks
+from jax_bigsoftmax._core.sharding import make_varying, varying_axes
+from jax_bigsoftmax._core.sharding import varying_like as _varying_like
 
-# Default vocabulary chunk: about 2**21 logits (8 MiB in float32) per chunk, at
-# least 128 columns. Cache-sized chunks were faster than 64 MiB ones: 21% faster
-# steps for the example LM's full head (N=1024, D=128, V=48,752).
+# Default vocabulary chunk: about 2**21 logits (8 MiB in float32), at least 128
+# columns: a chunk's logits stay in cache while they are reduced.
 _CHUNK_ELEMENTS = 1 << 21
 # Default row block of the one-pass gradient: about 2**26 stored logits (256 MiB
-# in float32) per block, at least 8 rows. Blocks must be tall: each one streams
-# the whole weight through 3 matrix products. At N=4096, D=512, V=131,072 on a
-# 2-core AMD EPYC VM: 128-row blocks holding [r, V] arrays 18 s per step, 512-row
-# ones 14 s; 512-row blocks walked in cache-sized chunks (stored chunk-major,
-# gradients formed while the chunk is in cache) 11.4 s, with or without a softcap;
-# 283 MiB of temporaries, 14x below dense.
+# in float32), at least 8 rows. Blocks must be tall because each one streams the
+# whole weight through 3 matrix products; inside a block the vocabulary is still
+# walked in cache-sized chunks. Measured trade-offs: docs/benchmarks.md.
 _BLOCK_ELEMENTS = 1 << 26
 
 
@@ -465,365 +462,51 @@ def row_terms(spec: LossSpec, lse, zy, zw, row_args):
   return ce, jnp.where(keep, spec.z_loss * w_label * w_token * jnp.square(lse), 0.0)
 
 
-# --- argument checks --------------------------------------------------------------
+# --- top-k ------------------------------------------------------------------------
 
-def check_linear(inputs, weight, bias):
-  """Validation of ``inputs @ weight.T + bias``; returns ``(D, V)``."""
-  _checks.check_floating("inputs", inputs)
-  _checks.check_ndim("inputs", inputs, min_ndim=1)
-  _checks.check_floating("weight", weight)
-  _checks.check_ndim("weight", weight, ndim=2)
-  d = jnp.shape(inputs)[-1]
-  vocab = jnp.shape(weight)[0]
-  _checks.check_shape("weight", weight, (None, d), f"[V, D] with D = inputs.shape[-1] = {d}")
-  if vocab < 1:
-    raise ValueError(f"weight must have at least one row (V >= 1); got shape {jnp.shape(weight)}.")
-  if bias is not None:
-    _checks.check_floating("bias", bias)
-    _checks.check_shape("bias", bias, (vocab,), "one bias per row of weight")
-  return d, vocab
+def top_k_walk(x, weight, bias, k: int, c: int, softcap):
+  """Running top-``k`` of ``cap(x @ weight.T + bias)`` and its log-sum-exp, chunk by chunk.
 
-
-def check_softcap(logit_softcap):
-  if logit_softcap is None:
-    return None
-  if _checks.is_traced(logit_softcap) or isinstance(logit_softcap, bool):
-    raise TypeError(f"logit_softcap must be a Python float or None; got {logit_softcap!r}.")
-  cap = float(logit_softcap)
-  if not (cap > 0 and cap != float("inf")):
-    raise ValueError(f"logit_softcap must be a positive finite float or None; got {logit_softcap!r}.")
-  return cap
-
-
-def _check_z_loss(z_loss):
-  if _checks.is_traced(z_loss) or isinstance(z_loss, bool):
-    raise TypeError(f"z_loss must be a Python float (static); got {z_loss!r}.")
-  a = float(z_loss)
-  if not (a >= 0 and a != float("inf")):
-    raise ValueError(f"z_loss must be a finite float >= 0; got {z_loss!r}.")
-  return a
-
-
-class Prepared(NamedTuple):
-  d: int
-  vocab: int
-  labels: jax.Array          # original shape and dtype
-  class_weight: jax.Array | None
-  token_weight: jax.Array | None
-  eps: float
-  z_loss: float
-  softcap: float | None
-
-
-def prepare_linear_ce(inputs, weight, labels, bias, class_weight, token_weight, ignore_index,
-                      reduction, label_smoothing, z_loss, logit_softcap) -> Prepared:
-  """Validation shared by the linear cross-entropies."""
-  d, vocab = check_linear(inputs, weight, bias)
-  _checks.check_integer("labels", labels)
-  _checks.check_batch_match("inputs", jnp.shape(inputs), "labels", jnp.shape(labels))
-  _checks.check_reduction(reduction)
-  _checks.check_label_smoothing(label_smoothing)
-  if _checks.is_traced(label_smoothing):
-    raise TypeError("label_smoothing must be a Python float here, not a traced value.")
-  if class_weight is not None:
-    _checks.check_floating("class_weight", class_weight)
-    _checks.check_shape("class_weight", class_weight, (vocab,), "one weight per class")
-    class_weight = jnp.asarray(class_weight)
-  if token_weight is not None:
-    _checks.check_floating("token_weight", token_weight)
-    _checks.check_shape("token_weight", token_weight, jnp.shape(labels),
-                        "one weight per label position")
-    token_weight = jnp.asarray(token_weight)
-  # Range check on the labels as given (before any narrowing to int32).
-  _checks.check_labels_in_range(labels, vocab, name="labels", ignore_index=ignore_index)
-  labels = jnp.asarray(labels)
-  return Prepared(d, vocab, labels, class_weight, token_weight, float(label_smoothing),
-                  _check_z_loss(z_loss), check_softcap(logit_softcap))
-
-
-def flat_row_terms(p: Prepared, ignore_index: int, dtype):
-  """Flat ``[N]`` label ids (int32, -1 where not a class), keep mask, bad mask and
-  the per-row arguments of :func:`make_row_loss`."""
-  labels = p.labels.reshape(-1)
-  _, w_label, bad = label_terms(labels, p.vocab, p.class_weight, ignore_index, dtype)
-  in_range = (labels >= 0) & (labels < p.vocab)
-  keep = in_range & (labels != ignore_index)
-  # Compare in the labels' own width before narrowing (no int64 -> int32 wrap).
-  y = jnp.where(in_range, labels, -1).astype(jnp.int32)
-  w_token = (jnp.ones(labels.shape, dtype) if p.token_weight is None
-             else p.token_weight.reshape(-1).astype(dtype))
-  w_token = jnp.where(keep, w_token, jnp.zeros((), dtype))
-  w_label = jnp.where(keep, w_label, jnp.zeros((), dtype))
-  w_total = (jnp.asarray(p.vocab, dtype) if p.class_weight is None
-             else jnp.sum(p.class_weight.astype(dtype)))
-  return y, keep, bad, (w_label, w_token, jnp.broadcast_to(w_total, labels.shape), keep)
-
-
-def loss_spec(p: Prepared) -> LossSpec:
-  return LossSpec(p.vocab, p.eps, p.z_loss)
-
-
-def finish(per_row_ce, per_row_z, stats, y_shape, bad, keep, row_args, reduction, return_aux,
-           out_dtype, total=None):
-  """Reduction, NaN marking of bad labels and the aux dict."""
-  w_label, w_token, _, _ = row_args
-  denom = jnp.sum(w_label * w_token)
-  safe_denom = jnp.where(denom == 0, jnp.ones((), denom.dtype), denom)
-  any_bad = jnp.any(bad)
-
-  def reduce(rows, tot=None):
-    if reduction == "none":
-      return jnp.where(bad, jnp.nan, rows).reshape(y_shape)
-    tot = jnp.sum(rows) if tot is None else tot
-    tot = jnp.where(any_bad, jnp.nan, tot)
-    if reduction == "sum":
-      return tot
-    return jnp.where(denom == 0, jnp.nan, tot / safe_denom)
-
-  loss = reduce(per_row_ce + per_row_z, total).astype(out_dtype)
-  if not return_aux:
-    return loss
-  sg = lax.stop_gradient
-  aux = {
-      "lse": sg(stats.lse).reshape(y_shape),
-      "z_loss": sg(reduce(per_row_z)).astype(out_dtype),
-      "predicted": stats.arg.reshape(y_shape),
-      "entropy": sg(stats.lse - stats.pz).reshape(y_shape),
-      "num_tokens": sg(denom),
-  }
-  return loss, aux
-
-
-def linear_cross_entropy(
-    inputs: ArrayLike,
-    weight: ArrayLike,
-    labels: ArrayLike,
-    bias: ArrayLike | None = None,
-    *,
-    class_weight: ArrayLike | None = None,
-    token_weight: ArrayLike | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    logit_softcap: float | None = None,
-    return_aux: bool = False,
-    chunk_size: int | None = None,
-) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
-  r"""Exact ``cross_entropy(inputs @ weight.T + bias, labels)`` in O(N * chunk) memory.
-
-  With ``z = inputs @ weight.T + bias``, optionally capped as
-  ``z = c * tanh(z / c)`` (``logit_softcap=c``), ``lse = logsumexp(z)``, class
-  weights ``w`` (``class_weight``), token weights ``t`` (``token_weight``) and
-  ``eps = label_smoothing``, each kept token costs
-
-  .. math::
-    t_i \Big[(1-\epsilon)\, w_{y_i} (\mathrm{lse}_i - z_{i y_i})
-    + \frac{\epsilon}{V} \sum_c w_c (\mathrm{lse}_i - z_{ic})\Big]
-    + a\, w_{y_i} t_i\, \mathrm{lse}_i^2
-
-  (``a = z_loss``, PaLM's auxiliary z-loss). ``"mean"`` divides the sum by
-  ``sum_i w_{y_i} t_i`` over kept tokens: torch's class-weighted mean when
-  ``token_weight`` is None, the token-weighted mean ``sum(t l) / sum(t)`` when
-  ``class_weight`` is None. Ignored positions (``labels == ignore_index``)
-  contribute exactly 0 with zero gradients, whatever their inputs hold (NaN
-  or inf at padded positions is fine).
-
-  The ``[N, V]`` logits never exist: a forward walks the vocabulary in chunks
-  with an online log-sum-exp (``-inf`` logits, e.g. banned tokens with bias
-  ``-inf``, are handled exactly). Under differentiation of a reduced loss the
-  gradients are computed in the same pass, a block of rows at a time (3 matrix
-  products, as a dense step), and scaled by the cotangent in the backward;
-  ``reduction="none"`` recomputes the logits in the backward. Half-precision
-  ``inputs``/``weight`` are multiplied with float32 accumulation.
-
-  Args:
-    inputs: ``[..., D]`` features.
-    weight: ``[V, D]`` output embedding (torch ``nn.Linear`` layout; for tied
-      embeddings pass the input embedding table, e.g. flax ``nn.Embed``'s
-      ``embedding``).
-    labels: ``[...]`` integer ids in ``[0, V)`` or ``ignore_index``.
-    bias: optional ``[V]``.
-    class_weight: optional ``[V]`` class weights (torch's ``weight=``); not
-      differentiated.
-    token_weight: optional ``[...]`` per-token weights; not differentiated.
-    ignore_index: label value that contributes 0 and is excluded from the mean.
-    reduction: ``"mean" | "sum" | "none"``.
-    label_smoothing: ``eps`` in ``[0, 1]``, a Python float (static).
-    z_loss: coefficient ``a >= 0`` of ``lse**2`` (static); reduced like the loss.
-    logit_softcap: ``c > 0`` or None (static): logits ``c * tanh(z / c)``
-      before the softmax (Gemma 2), gradients through the cap.
-    return_aux: also return a dict (not differentiated) computed in the same
-      pass: ``"lse"`` ``[...]``, ``"z_loss"`` (the z-loss term, reduced like
-      the loss), ``"predicted"`` ``[...]`` (arg-max id, NaN first like
-      ``jnp.argmax``), ``"entropy"`` ``[...]`` of the model's distribution, and
-      ``"num_tokens"`` (the mean's denominator: sum the ``"sum"`` losses of
-      gradient-accumulation micro-batches and divide by their summed
-      ``num_tokens`` once).
-    chunk_size: vocabulary rows per chunk; default keeps about 2**21 logits
-      per chunk. Need not divide V. Under differentiation of a ``"mean"`` or
-      ``"sum"`` loss the one-pass gradient stores the logits of blocks of rows:
-      about 2**26 of them by default (256 MiB in float32), about
-      ``N * chunk_size`` when ``chunk_size`` is given.
-
-  Returns:
-    A scalar, or ``[...]`` for ``reduction="none"`` (float32 for half inputs);
-    ``(loss, aux)`` with ``return_aux``. Out-of-range labels: ``ValueError``
-    when concrete; NaN under ``jit``.
-
-  Examples:
-    >>> import jax, jax.numpy as jnp, jax_bigsoftmax as jbs
-    >>> x = jnp.ones((2, 3)); w = jnp.zeros((5, 3)); y = jnp.array([0, 4])
-    >>> round(float(jbs.linear_cross_entropy(x, w, y, chunk_size=2)), 4)
-    1.6094
-    >>> loss, aux = jbs.linear_cross_entropy(x, w, y, z_loss=1e-4, return_aux=True)
-    >>> sorted(aux), float(aux["num_tokens"])
-    (['entropy', 'lse', 'num_tokens', 'predicted', 'z_loss'], 2.0)
-
-  References:
-    Rabe & Staats 2021 (online softmax in chunks); Wijmans et al. 2024, "Cut
-    your losses in large-vocabulary language models"; Chowdhery et al. 2022
-    (z-loss); Gemma Team 2024 (logit soft-capping).
+  The same walk as the losses (its online log-sum-exp is :func:`_stats_update`)
+  plus a running top-``k`` merged with ``lax.top_k``; the first chunk seeds it,
+  so no placeholder id can win a tie. Returns ``(values [N, k], ids [N, k], lse [N])``.
   """
-  p = prepare_linear_ce(inputs, weight, labels, bias, class_weight, token_weight, ignore_index,
-                        reduction, label_smoothing, z_loss, logit_softcap)
-  inputs = jnp.asarray(inputs)
-  weight = jnp.asarray(weight)
-  bias = None if bias is None else jnp.asarray(bias)
-  acc = _checks.compute_dtype(inputs, weight)
-  x = inputs.reshape(-1, p.d)
-  y, keep, bad, row_args = flat_row_terms(p, ignore_index, acc)
-  opts = Opts(choose_chunk_size(x.shape[0], p.vocab, chunk_size),
-              choose_row_block(x.shape[0], p.vocab, chunk_size), p.eps != 0.0, p.softcap,
-              bool(return_aux), chunk_size)
-  spec = loss_spec(p)
-  cw = p.class_weight
-  if reduction == "none":
-    stats = linear_stats(opts, x, weight, bias, y, cw, keep)
-    ce, zl = row_terms(spec, stats.lse, stats.zy, stats.zw, row_args)
-    return finish(ce, zl, stats, p.labels.shape, bad, keep, row_args, reduction, return_aux, acc)
-  row_loss = make_row_loss(spec)
-  total, stats = fused_loss_sum(opts, row_loss, x, weight, bias, y, cw, row_args, keep)
-  # Rows' terms again from the (non-differentiated) stats, for the aux z-loss;
-  # the differentiable total comes from the fused kernel.
-  sg = lax.stop_gradient
-  ce, zl = row_terms(spec, sg(stats.lse), sg(stats.zy), sg(stats.zw), row_args)
-  return finish(ce, zl, stats, p.labels.shape, bad, keep, row_args, reduction, return_aux, acc,
-                total=total)
+  n, vocab = x.shape[0], weight.shape[0]
+  acc = _checks.compute_dtype(x, weight)
+  opts = Opts(c, n, False, softcap, False)
+  no_label = _varying_like(jnp.full((n,), -1, jnp.int32), x, weight, bias)
+
+  def step(start, size, carry):
+    st, vals, ids = carry
+    z = _logits(x, weight, bias, start, size, softcap)
+    st = _stats_update(st, z, start, no_label, None, opts)
+    cv, ci = lax.top_k(z, min(k, size))
+    # Earlier (smaller) ids first, so lax.top_k's tie rule keeps them.
+    vals, pos = lax.top_k(jnp.concatenate([vals, cv], axis=1), k)
+    ids = jnp.take_along_axis(jnp.concatenate([ids, start + ci.astype(jnp.int32)], axis=1),
+                              pos, axis=1)
+    return st, vals, ids
+
+  z0 = _logits(x, weight, bias, 0, c, softcap)
+  st = _stats_update(_varying_like(_stats_init(n, acc), x, weight, bias), z0, 0, no_label, None,
+                     opts)
+  vals, ids = lax.top_k(z0, k)
+  carry = _varying_like((st, vals, ids.astype(jnp.int32)), x, weight, bias)
+  full, tail = divmod(vocab - c, c)
+  if full:
+    carry = lax.fori_loop(1, 1 + full, lambda j, cy: step(j * c, c, cy), carry)
+  if tail:
+    carry = step(c + full * c, tail, carry)
+  st, vals, ids = carry
+  return vals, ids, _stats_final(st, opts).lse
 
 
-def linear_argmax(
-    inputs: ArrayLike,
-    weight: ArrayLike,
-    bias: ArrayLike | None = None,
-    *,
-    logit_softcap: float | None = None,
-    chunk_size: int | None = None,
-) -> jax.Array:
-  """``argmax(inputs @ weight.T + bias, -1)`` chunk by chunk (no ``[N, V]``).
-
-  ``jnp.argmax``'s semantics: ties resolve to the smallest index, and a row
-  holding a NaN logit returns the index of its first NaN.
-
-  Args:
-    inputs: ``[..., D]``; weight: ``[V, D]``; bias: optional ``[V]``.
-    logit_softcap: as in :func:`linear_cross_entropy` (monotone: same arg-max).
-    chunk_size: as in :func:`linear_cross_entropy`.
-
-  Returns:
-    ``[...]`` int32 class ids.
-  """
-  d, vocab = check_linear(inputs, weight, bias)
-  check_softcap(logit_softcap)
-  inputs = jnp.asarray(inputs)
-  weight = jnp.asarray(weight)
-  bias = None if bias is None else jnp.asarray(bias)
-  lead = jnp.shape(inputs)[:-1]
-  x = inputs.reshape(-1, d)
-  c = choose_chunk_size(x.shape[0], vocab, chunk_size)
-
+def argmax_walk(x, weight, bias, c: int):
+  """Running arg-max of ``x @ weight.T + bias`` with ``jnp.argmax``'s semantics: ``[N]`` int32."""
   def step(start, size, carry):
     return _argmax_update(*carry, _logits(x, weight, bias, start, size, None), start)
 
   init = (jnp.full((x.shape[0],), -jnp.inf, _checks.compute_dtype(x, weight)),
           jnp.zeros((x.shape[0],), jnp.int32))
   init = _varying_like(init, x, weight, bias)
-  _, arg = _walk(step, init, vocab, c)
-  return arg.reshape(lead)
-
-
-def linear_top_k(
-    inputs: ArrayLike,
-    weight: ArrayLike,
-    bias: ArrayLike | None = None,
-    *,
-    k: int,
-    logit_softcap: float | None = None,
-    chunk_size: int | None = None,
-) -> tuple[jax.Array, jax.Array]:
-  """Exact top-``k`` of ``log_softmax(cap(inputs @ weight.T + bias))`` without ``[N, V]``.
-
-  One walk over the vocabulary keeps a running top-``k`` (merged chunk by
-  chunk with ``lax.top_k``) and the online log-sum-exp, so evaluation and
-  decoding need no logits. Ties resolve to the smaller id, as ``lax.top_k``.
-
-  Args:
-    inputs: ``[..., D]``; weight: ``[V, D]``; bias: optional ``[V]``.
-    k: how many classes, ``1 <= k <= V`` (static).
-    logit_softcap: as in :func:`linear_cross_entropy`.
-    chunk_size: as in :func:`linear_cross_entropy` (raised to ``k`` if smaller).
-
-  Returns:
-    ``(log_probs [..., k], ids [..., k])``, sorted by decreasing probability;
-    ids int32.
-
-  Examples:
-    >>> import jax.numpy as jnp, jax_bigsoftmax as jbs
-    >>> x = jnp.ones((1, 2)); w = jnp.array([[0., 0.], [1., 1.], [2., 0.], [-1., 0.]])
-    >>> lp, ids = jbs.linear_top_k(x, w, k=2)
-    >>> ids.tolist()
-    [[1, 2]]
-  """
-  d, vocab = check_linear(inputs, weight, bias)
-  cap = check_softcap(logit_softcap)
-  if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
-    raise ValueError(f"k must be an int in [1, V={vocab}]; got {k!r}.")
-  inputs, weight = jnp.asarray(inputs), jnp.asarray(weight)
-  bias = None if bias is None else jnp.asarray(bias)
-  lead = jnp.shape(inputs)[:-1]
-  x = inputs.reshape(-1, d)
-  n = x.shape[0]
-  c = max(k, choose_chunk_size(n, vocab, chunk_size))
-  acc = _checks.compute_dtype(x, weight)
-
-  def step(start, size, carry):
-    vals, ids, m, s = carry
-    z = _logits(x, weight, bias, start, size, cap)
-    m_new = jnp.maximum(m, jnp.max(z, axis=1))
-    m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-    s = s * jnp.exp(m - m_safe) + jnp.sum(jnp.exp(z - m_safe[:, None]), axis=1)
-    cv, ci = lax.top_k(z, min(k, size))
-    # Earlier (smaller) ids first, so lax.top_k's tie rule keeps them.
-    vals, pos = lax.top_k(jnp.concatenate([vals, cv], axis=1), k)
-    ids = jnp.take_along_axis(jnp.concatenate([ids, start + ci.astype(jnp.int32)], axis=1),
-                              pos, axis=1)
-    return vals, ids, m_new, s
-
-  # The first chunk seeds the running top-k (no placeholder ids can win a tie).
-  z0 = _logits(x, weight, bias, 0, c, cap)
-  vals, ids = lax.top_k(z0, k)
-  m = jnp.max(z0, axis=1)
-  m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
-  s = jnp.sum(jnp.exp(z0 - m_safe[:, None]), axis=1)
-  carry = _varying_like((vals, ids.astype(jnp.int32), m, s), x, weight, bias)
-  rest = vocab - c
-  if rest:
-    full, tail = divmod(rest, c)
-    if full:
-      carry = lax.fori_loop(1, 1 + full, lambda j, cy: step(j * c, c, cy), carry)
-    if tail:
-      carry = step(c + full * c, tail, carry)
-  vals, ids, m, s = carry
-  lse = jnp.where(jnp.isfinite(m), m, 0.0) + jnp.log(s)
-  log_probs = (vals - lse[:, None]).astype(acc)
-  return log_probs.reshape(*lead, k), ids.reshape(*lead, k)
+  return _walk(step, init, weight.shape[0], c)[1]

@@ -284,3 +284,13 @@ def check_positive_int(name: str, value: Any) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
     raise ValueError(f"{name} must be a positive int; got {value!r}.")
   return int(value)
+
+
+def check_count(name: str, v: Any, lo: int = 1) -> None:
+  if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+    raise ValueError(f"{name} must be an int >= {lo}; got {v!r}.")
+
+
+def check_bool(name: str, v: Any) -> None:
+  if not isinstance(v, (bool, np.bool_)):
+    raise TypeError(f"{name} must be a Python bool; got {v!r}.")
