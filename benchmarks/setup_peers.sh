@@ -5,7 +5,7 @@
 #   bash benchmarks/setup_peers.sh torch tf         # only these
 #
 # The benchmarks (benchmarks/common.py: peer_python) and the fixture scripts
-# (tests/make_fixtures_*.py, run as .peers/<name>/bin/python tests/make_fixtures_...)
+# (tests/fixtures/make_fixtures_*.py, run as .peers/<name>/bin/python tests/fixtures/make_fixtures_...)
 # find the interpreters there. PYTHON=python3.11 picks the base interpreter;
 # BIGSOFTMAX_VENVS=/some/dir puts the environments elsewhere (the benchmarks read it too).
 # Versions are those that produced the committed fixtures and benchmark tables.

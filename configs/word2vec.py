@@ -35,8 +35,10 @@ def get_config():
   config.num_epochs = 3
   # Adam learning rate.
   config.learning_rate = 3e-3
-  # Print the running loss every this many steps.
+  # Progress-bar and metrics-file update interval (steps).
   config.log_every = 1000
+  # Orbax checkpoint interval (steps); Ctrl-C saves too, and the same command resumes.
+  config.checkpoint_every_steps = 2000
   # Words whose nearest neighbours are printed at the end.
   config.queries = ("self", "True", "append", "len", "str", "return", "os", "0")
   # Neighbours shown per query word.

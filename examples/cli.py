@@ -75,18 +75,26 @@ def load_config_file(path: str):
 
 
 def field_comments(path: str) -> dict[str, str]:
-  """``{field: comment}`` from the ``# comment`` lines just above each ``config.field = ...``."""
+  """``{field: comment}`` from the ``# comment`` lines just above each ``config.field = ...``.
+
+  A config that varies another (``BASE = "other.py"``, a file beside it) has
+  that file's comments, overridden by its own.
+  """
   comments, pending = {}, []
   with open(path) as f:
-    for line in f:
-      stripped = line.strip()
-      if stripped.startswith("#"):
-        pending.append(stripped.lstrip("#").strip())
-        continue
-      m = re.match(r"config\.(\w+)\s*=", stripped)
-      if m:
-        comments[m.group(1)] = " ".join(pending)
-      pending = []
+    text = f.read()
+  base = re.search(r'^BASE = "([^"]+)"', text, re.M)
+  if base:
+    comments.update(field_comments(os.path.join(os.path.dirname(path), base.group(1))))
+  for line in text.splitlines():
+    stripped = line.strip()
+    if stripped.startswith("#"):
+      pending.append(stripped.lstrip("#").strip())
+      continue
+    m = re.match(r"config\.(\w+)\s*=", stripped)
+    if m:
+      comments[m.group(1)] = " ".join(pending)
+    pending = []
   return comments
 
 

@@ -161,7 +161,7 @@ class Checkpointer:
 # Fields that may change between a run and its resumption: loop length, logging,
 # evaluation size and device layout. Any other change makes the checkpoint another model.
 RESUMABLE_FIELDS = frozenset({
-    "num_train_steps", "eval_every_steps", "log_every_steps", "checkpoint_every_steps",
+    "num_train_steps", "eval_every_steps", "log_every_steps", "log_every", "checkpoint_every_steps",
     "eval_max_tokens", "eval_max_sentences", "num_samples", "num_devices", "mesh_shape"})
 
 

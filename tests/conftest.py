@@ -13,5 +13,3 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")

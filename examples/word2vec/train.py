@@ -23,6 +23,7 @@ random pairs, and a few analogies ``a : b :: c : ?``.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -33,7 +34,7 @@ import numpy as np
 import optax
 
 import jax_bigsoftmax as jbs
-from examples import data
+from examples import common, data
 
 RELATED = (("True", "False"), ("if", "elif"), ("append", "extend"), ("keys", "values"),
            ("int", "float"), ("list", "tuple"), ("min", "max"), ("read", "write"),
@@ -164,32 +165,41 @@ def train_and_evaluate(config, workdir: str) -> dict:
   key = jax.random.key(config.seed)
   params = init_params(key, len(vocab), config.emb_dim, config.loss)
   tx = optax.adam(config.learning_rate)
-  opt_state = tx.init(params)
   loss_fn = make_loss_fn(config, vocab.counts)
+  mesh = common.make_mesh(1)
+  state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params,
+                          "opt_state": tx.init(params)}, common.replicated(mesh))
 
   @jax.jit
-  def step(params, opt_state, centre, context, key):
-    loss, grads = jax.value_and_grad(loss_fn)(params, centre, context, key)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+  def train_step(state, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch["centre"], batch["context"],
+                                              jax.random.fold_in(key, state["step"]))
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    return {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+            "opt_state": opt_state}, {"loss": loss}
 
-  history, running, t0 = [], [], time.time()
-  for epoch in range(config.num_epochs):
-    order = rng.permutation(centres.shape[0])
-    for i in range(steps_per_epoch):
-      sel = order[i * config.batch_size:(i + 1) * config.batch_size]
-      s = epoch * steps_per_epoch + i
-      params, opt_state, loss = step(params, opt_state, centres[sel], contexts[sel],
-                                     jax.random.fold_in(key, s))
-      running.append(loss)
-      if (s + 1) % config.log_every == 0 or s + 1 == num_steps:
-        mean = float(np.mean(jax.device_get(running)))
-        running = []
-        if not np.isfinite(mean):
-          raise FloatingPointError(f"loss is {mean} at step {s + 1}")
-        history.append({"step": s + 1, "loss": mean, "seconds": time.time() - t0})
-        print(f"step {s + 1}/{num_steps}  loss {mean:.4f}  "
-              f"{(s + 1) * config.batch_size / (time.time() - t0):.0f} pairs/s", flush=True)
+  @functools.lru_cache(maxsize=2)
+  def order(epoch):
+    """The pairs' order in ``epoch``: a batch is a pure function of the step, so a resumed
+    run sees the batches it would have seen."""
+    return np.random.default_rng([config.seed, epoch]).permutation(centres.shape[0])
+
+  def get_batch(step):
+    epoch, i = divmod(step, steps_per_epoch)
+    sel = order(epoch)[i * config.batch_size:(i + 1) * config.batch_size]
+    return {"centre": centres[sel], "context": contexts[sel]}, sel.shape[0]
+
+  fit_config = config.copy_and_resolve_references()
+  with fit_config.unlocked():
+    fit_config.num_train_steps = num_steps
+    fit_config.eval_every_steps = num_steps
+    fit_config.log_every_steps = config.log_every
+  t0 = time.time()
+  state, records = common.fit(config=fit_config, workdir=workdir, state=state,
+                              train_step=train_step, get_batch=get_batch,
+                              evaluate=lambda state: {}, mesh=mesh, desc="word2vec")
+  history = [{"step": r["step"], "loss": r["train_loss"]} for r in records if "train_loss" in r]
+  params = state["params"]
 
   emb = np.asarray(params["emb"])
   neighbours = {}

@@ -184,7 +184,8 @@ def finish(per_row_ce, per_row_z, stats, y_shape, bad, keep, row_args, reduction
   return loss, aux
 
 def run_linear_ce(p: Prepared, inputs, weight, bias, ignore_index: int, reduction: str,
-                  return_aux: bool, chunk_size: int | None, placement: Placement | None):
+                  return_aux: bool, chunk_size: int | None, placement: Placement | None,
+                  chunk_elements: int | None = None):
   """The linear cross-entropy of validated arguments, on one device or vocabulary-parallel.
 
   One body serves both: ``local`` is the whole computation of one device; with
@@ -209,7 +210,8 @@ def run_linear_ce(p: Prepared, inputs, weight, bias, ignore_index: int, reductio
     rows, vocab = placement.local_rows(rows), vocab // placement.num_shards
     vocab_axis = placement.vocab_axis
   aux = bool(return_aux)
-  opts = Opts(choose_chunk_size(rows, vocab, chunk_size), choose_row_block(rows, vocab, chunk_size),
+  opts = Opts(choose_chunk_size(rows, vocab, chunk_size, chunk_elements),
+              choose_row_block(rows, vocab, chunk_size),
               p.eps != 0.0, p.softcap, aux, chunk_size, vocab_axis)
   spec = loss_spec(p)
   fused = reduction != "none"
@@ -354,6 +356,8 @@ class LinearSoftmax(NamedTuple):
   placement: Placement | None = None
   chunk_size: int | None = None
   logit_softcap: float | None = None
+  # Logits per vocabulary chunk when chunk_size is None (None: the walk's default).
+  chunk_elements: int | None = None
 
   def cross_entropy(self, x, w, b, labels, *, ignore_index: int, reduction: str = "none",
                     label_smoothing: float = 0.0, z_loss: float = 0.0, validate: bool = True):
@@ -369,7 +373,7 @@ class LinearSoftmax(NamedTuple):
       p = trusted_linear_ce(x, w, labels, label_smoothing=label_smoothing, z_loss=z_loss,
                             logit_softcap=self.logit_softcap)
     return run_linear_ce(p, x, w, b, ignore_index, reduction, False, self.chunk_size,
-                         self.placement)
+                         self.placement, self.chunk_elements)
 
   def log_softmax(self, x, w, b):
     """``[..., V]`` log-probabilities (sharded on V when the head is)."""

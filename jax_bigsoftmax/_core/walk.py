@@ -41,7 +41,7 @@ from jax_bigsoftmax._core.sharding import varying_like as _varying_like
 
 # Default vocabulary chunk: about 2**21 logits (8 MiB in float32), at least 128
 # columns: a chunk's logits stay in cache while they are reduced.
-_CHUNK_ELEMENTS = 1 << 21
+CHUNK_ELEMENTS = 1 << 21
 # Default row block of the one-pass gradient: about 2**26 stored logits (256 MiB
 # in float32), at least 8 rows. Blocks must be tall because each one streams the
 # whole weight through 3 matrix products; inside a block the vocabulary is still
@@ -49,10 +49,12 @@ _CHUNK_ELEMENTS = 1 << 21
 _BLOCK_ELEMENTS = 1 << 26
 
 
-def choose_chunk_size(num_rows: int, vocab: int, chunk_size: int | None) -> int:
-  """The vocabulary chunk used for ``num_rows`` rows (static)."""
+def choose_chunk_size(num_rows: int, vocab: int, chunk_size: int | None,
+                      elements: int | None = None) -> int:
+  """The vocabulary chunk used for ``num_rows`` rows (static): ``chunk_size``, or about
+  ``elements`` logits (default 2**21) per chunk."""
   if chunk_size is None:
-    c = _CHUNK_ELEMENTS // max(num_rows, 1)
+    c = (elements or CHUNK_ELEMENTS) // max(num_rows, 1)
     c = max(128, (c // 128) * 128)
   else:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:

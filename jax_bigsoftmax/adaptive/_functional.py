@@ -41,8 +41,8 @@ from jax_bigsoftmax._core.sharding import varying_like as _varying_like
 _MIN_BLOCK = 16
 _LEVEL_FACTOR = 8
 # Default capacity: the largest power of two with one block's [rows, osz] float32
-# logits <= 8 MiB (cache-sized blocks measured fastest on CPU: 18% faster steps
-# than 128 MiB blocks at V=100k), but at least 128 rows so a very wide cluster
+# logits <= 8 MiB, so a block's logits stay in cache while they are reduced (the
+# trade-off is in docs/benchmarks.md), but at least 128 rows so a very wide cluster
 # does not re-accumulate its [hsz, osz] gradient once per handful of rows.
 _BLOCK_BUDGET = 1 << 21
 _MIN_DEFAULT_CAPACITY = 128

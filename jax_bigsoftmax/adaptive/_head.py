@@ -24,6 +24,7 @@ import numpy as np
 from jax_bigsoftmax._core import checks as _checks
 from jax_bigsoftmax._core.heads import ParamSpec
 from jax_bigsoftmax._core.linear import LinearSoftmax
+from jax_bigsoftmax._core.walk import CHUNK_ELEMENTS
 from jax_bigsoftmax._core.sharding import PAD_LOGIT, constrain_vocab_sharded, head_placement, pad_vocab
 from jax_bigsoftmax.adaptive import _functional as _adaptive
 
@@ -127,7 +128,10 @@ class AdaptiveSoftmax:
     object.__setattr__(self, "bounds", bounds)
     object.__setattr__(self, "hidden_sizes", hsz)
     object.__setattr__(self, "placement", placement)
-    object.__setattr__(self, "ops", LinearSoftmax(placement))
+    # In a sharded head every piece (the head and each tail) is its own vocabulary walk,
+    # and XLA keeps their chunk buffers apart: the pieces share one walk's chunk budget.
+    budget = CHUNK_ELEMENTS // (1 + len(hsz))
+    object.__setattr__(self, "ops", LinearSoftmax(placement, chunk_elements=budget))
 
   def param_specs(self) -> dict[str, ParamSpec]:
     d, bounds, hsz = self.in_features, self.bounds, self.hidden_sizes

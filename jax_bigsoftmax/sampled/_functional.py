@@ -71,9 +71,8 @@ def _sampled_logits_from_rows(x_NxD, true_w_NxTxD, true_b_NxT, sampled_w_SxD, sa
   ``nce_loss``, the row path and the vocabulary-parallel loss.
   """
   acc = _checks.compute_dtype(x_NxD, true_w_NxTxD)
-  # Row-wise dot products as a batched dot. (A multiply + sum, once faster on an
-  # AMD EPYC, made XLA:CPU pick a slow fusion for the whole forward on an Intel
-  # Xeon: fwd+bwd at N=4096, S=1024 took 72 ms there against 57 ms with einsum.)
+  # Row-wise dot products as a batched dot, not a multiply + sum: XLA:CPU can fuse the
+  # latter into the whole forward and pick a slow kernel for it on some processors.
   true_logits = jnp.einsum("nd,ntd->nt", x_NxD, true_w_NxTxD, preferred_element_type=acc)
   true_logits = true_logits + true_b_NxT.astype(acc)
   sampled_logits = jnp.dot(x_NxD, sampled_w_SxD.T,

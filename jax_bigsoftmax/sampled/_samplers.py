@@ -23,13 +23,11 @@ the order-sampling (Poisson threshold) approximation ``pi_k = 1 - exp(-P(k) t)``
 with the one ``t`` that solves ``sum_k pi_k = S`` (Rosen 1997, "Asymptotic
 theory for order sampling"). It is deterministic, sums to S exactly, is exact
 for the uniform sampler (``S / V``), and matches the empirical inclusion
-frequencies closely (``tests/test_sampled_samplers.py`` checks log-uniform
+frequencies closely (``tests/sampled/test_sampled_samplers.py`` checks log-uniform
 V=100/S=20 and V=60/S=45, and a Zipf unigram V=150/S=25, within 4 standard
 errors + 0.008). Its error grows when a few classes hold most of the mass and
-S is close to their number: we measured max |error| 0.007 (log-uniform V=50,
-S=10), 0.01 (V=20, S=5) and 0.03 (unigram over 6 classes, S=3); TF's form
-``1 - (1 - P)**n`` with the n that solves the same sum errs by 0.021 and 0.026
-on the first two (we did not measure TF's per-call n). ``t`` depends
+S is close to their number (max |error| about 0.01-0.03 for a handful of
+classes and S of a few; TF's form ``1 - (1 - P)**n`` errs more there). ``t`` depends
 only on (P, S): it is solved once in NumPy at trace time and cached.
 
 Ranges beyond int32 (TensorFlow's samplers take an int64 ``range_max``).

@@ -160,6 +160,7 @@ _SAMPLERS = {
 }
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=25, deadline=None)
 @hypothesis.given(
     name=st.sampled_from(sorted(_SAMPLERS)), v=st.integers(2, 300), frac=st.floats(0.0, 1.0),

@@ -15,7 +15,7 @@ from jax.test_util import check_grads
 
 import jax_bigsoftmax as jbs
 from jax_bigsoftmax import interop
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 TORCH = np.load(os.path.join(FIXTURES, "adaptive_torch.npz"))
 PADDLE = np.load(os.path.join(FIXTURES, "adaptive_paddle.npz"))

@@ -1,6 +1,6 @@
 """One process of the 2-process test in tests/test_multiprocess.py (not a test itself).
 
-Usage: python tests/_mp_lm_worker.py PORT NUM_PROCESSES PROCESS_ID CONFIG_JSON WORKDIR OUT_JSON
+Usage: python tests/examples/_mp_lm_worker.py PORT NUM_PROCESSES PROCESS_ID CONFIG_JSON WORKDIR OUT_JSON
 
 Joins the job with ``jax.distributed.initialize`` (CPU collectives: gloo),
 makes one eager library call on global arrays spanning both processes, then
@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 

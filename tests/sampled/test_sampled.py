@@ -9,7 +9,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jax.test_util import check_grads
 
 import jax_bigsoftmax as jbs
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 TF = np.load(os.path.join(FIXTURES, "sampled_tf.npz"))
 PD = np.load(os.path.join(FIXTURES, "sampled_paddle.npz"))

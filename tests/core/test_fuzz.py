@@ -17,6 +17,8 @@ from jax.sharding import Mesh
 
 import jax_bigsoftmax as jbs
 
+pytestmark = pytest.mark.slow  # hypothesis sweeps: the full tier
+
 X64 = bool(jax.config.jax_enable_x64)
 FLOATS = [jnp.float16, jnp.bfloat16, jnp.float32] + ([jnp.float64] if X64 else [])
 IGNORE = -100

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import helpers
 import jax_bigsoftmax as jbs
 from jax_bigsoftmax._core import checks as _checks
 
@@ -24,7 +25,7 @@ def _tails():
 
 
 def _mesh(n=2):
-  return Mesh(np.array(jax.devices()[:n]), ("vocab",))
+  return helpers.mesh((n,))
 
 
 # --- item 3: ids are range-checked at their own width --------------------------------------

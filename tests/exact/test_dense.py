@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import jax_bigsoftmax as jbs
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 _FIX = np.load(os.path.join(FIXTURES, "exact_torch.npz"))
 _CASES = json.loads(str(_FIX["cases"]))
@@ -48,7 +48,13 @@ def _ours(kind, opts, arrays):
   return g, [name]
 
 
-@pytest.mark.parametrize("i", range(len(_CASES)))
+# The fast tier checks the first case of each kind and every 8th case; the full tier all.
+_FAST = ({min(i for i, c in enumerate(_CASES) if c["kind"] == k) for k in {c["kind"] for c in _CASES}}
+         | set(range(0, len(_CASES), 8)))
+
+
+@pytest.mark.parametrize("i", [i if i in _FAST else pytest.param(i, marks=pytest.mark.slow)
+                               for i in range(len(_CASES))])
 def test_torch_parity(i):
   kind, opts, arrays, expected, grads = _case(i)
   f, names = _ours(kind, opts, arrays)
@@ -323,6 +329,7 @@ def _head_outputs(params, x, y):
           head.apply(params, x, method=head.predict))
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(v=st.sampled_from(sorted(_PROP_HEADS)), scale=st.floats(0.1, 30.0),
        seed=st.integers(0, 2**16))

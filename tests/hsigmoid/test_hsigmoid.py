@@ -14,7 +14,7 @@ from jax.test_util import check_grads
 
 import jax_bigsoftmax as jbs
 from jax_bigsoftmax import interop
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 FIX = np.load(os.path.join(FIXTURES, "hsigmoid_paddle.npz"))
 CASES = [str(c) for c in FIX["cases"]]

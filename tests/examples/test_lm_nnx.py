@@ -3,20 +3,16 @@ import importlib.util
 import json
 import math
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+from helpers import ROOT
 
 from examples.lm import train as lm_train  # noqa: E402
 from examples.lm_nnx import train as nnx_train  # noqa: E402
-from test_examples import corpus_dir  # noqa: E402,F401  (the shared tiny corpus fixture)
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """Candidate sampling (issue 18): nce_loss, compute_sampled_logits, accidental hits,
 all-candidate sampler, sharded weights and int64 ranges, against TensorFlow fixtures
-(tests/make_fixtures_nce_tf.py) and NumPy float64 references; the NCELoss head."""
+(tests/fixtures/make_fixtures_nce_tf.py) and NumPy float64 references; the NCELoss head."""
 import os
 
 import flax.linen as nn
@@ -12,7 +12,7 @@ from jax.test_util import check_grads
 
 import jax_bigsoftmax as jbs
 from jax_bigsoftmax.sampled import _samplers as samplers
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 TF = np.load(os.path.join(FIXTURES, "nce_tf.npz"))
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -82,6 +82,7 @@ def test_nce_loss_values_and_grads_match_tf(name):
   _in_precision(c, run)
 
 
+@pytest.mark.slow
 def test_nce_check_grads_vmap_leading_dims_and_bf16():
   c = _case("nce_t3_hits")
   w, b, x = (jnp.asarray(c[k]) for k in ("weights", "biases", "inputs"))

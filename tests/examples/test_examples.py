@@ -4,7 +4,6 @@ Tiny configs on a tiny synthetic corpus (plus one run on the default
 standard-library corpus), a few steps each. The 8 CPU devices come from
 tests/conftest.py.
 """
-import importlib.util
 import json
 import math
 import os
@@ -17,73 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+from helpers import ROOT, load_config, tiny_lm, tiny_vae
 
-from examples import common, data, heads  # noqa: E402
+from examples import data, heads  # noqa: E402
 from examples.lm import train as lm_train  # noqa: E402
 from examples.vae import models  # noqa: E402
 from examples.vae import train as vae_train  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """Runs of the same tiny program (resume, 1-vs-8, CLI) compile once: a persistent cache."""
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  old = {n: getattr(jax.config, n) for n in names}
-  jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update(names[1], 0.0)
-  jax.config.update(names[2], 0)
-  yield
-  for n, v in old.items():
-    jax.config.update(n, v)
-
-
-def load_config(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-  """A small Zipfian corpus in train.txt / valid.txt / test.txt."""
-  d = tmp_path_factory.mktemp("corpus")
-  rng = np.random.default_rng(0)
-  words = [f"w{i}" for i in range(300)]
-  p = 1.0 / np.arange(1, 301)
-  p /= p.sum()
-  for split, n in (("train", 600), ("valid", 60), ("test", 60)):
-    lines = [" ".join(rng.choice(words, size=rng.integers(3, 12), p=p)) for _ in range(n)]
-    (d / f"{split}.txt").write_text("\n".join(lines) + "\n")
-  return str(d)
-
-
-def tiny_lm(corpus_dir, **overrides):
-  c = load_config("lm_lstm")
-  c.update(dict(data_dir=corpus_dir, max_vocab=0, seq_len=8, batch_size=8, emb_dim=16,
-                hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, adaptive_cutoffs=(20, 100),
-                sampled_num_samples=16, num_train_steps=3, eval_every_steps=3,
-                eval_max_tokens=200, log_every_steps=1, checkpoint_every_steps=2, warmup_steps=1,
-                head="full", num_devices=1))
-  c.update(overrides)
-  return c
-
-
-def tiny_vae(corpus_dir, **overrides):
-  c = load_config("vae")
-  c.update(dict(data_dir=corpus_dir, max_vocab=0, batch_size=8, emb_dim=16, hidden_dim=16,
-                latent_dim=4, max_len=10, adaptive_cutoffs=(20, 100), sampled_num_samples=16,
-                num_train_steps=4, kl_anneal_steps=4, eval_every_steps=4, eval_max_sentences=16,
-                log_every_steps=1, checkpoint_every_steps=4, warmup_steps=1, num_samples=3,
-                head="full", num_devices=1))
-  c.update(overrides)
-  return c
 
 
 HEAD_CASES = [("full", "default"), ("adaptive", "default"), ("hsigmoid", "default"),

@@ -13,12 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+from helpers import ROOT
 
 from examples.lm import train as lm_train  # noqa: E402
-from test_examples import compilation_cache, corpus_dir, tiny_lm  # noqa: E402,F401
+from helpers import tiny_lm  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +99,7 @@ def test_two_processes_equal_one_process(corpus_dir, tmp_path):
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
   procs = [subprocess.Popen(
-      [sys.executable, os.path.join(ROOT, "tests", "_mp_lm_worker.py"), str(port), "2", str(i),
+      [sys.executable, os.path.join(ROOT, "tests", "examples", "_mp_lm_worker.py"), str(port), "2", str(i),
        cfg, str(workdir), str(tmp_path / f"out{i}.json")],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import helpers
 import jax_bigsoftmax as jbs
 
 
@@ -77,8 +78,7 @@ def test_errors():
 # Vocab-parallel sampled softmax == single-device sampled_softmax_loss.
 # ----------------------------------------------------------------------------
 
-def _mesh(shape, names):
-  return Mesh(np.array(jax.devices()).reshape(shape), names)
+_mesh = helpers.mesh
 
 
 def _sampled_problem(n=16, d=8, v=96, t=1, s=12, seed=0):
@@ -137,6 +137,7 @@ def test_sampled_same_key_and_leading_dims():
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sampled_presharded_weights():
   x, w, b, y, sv = _sampled_problem(n=8, v=32, s=6)
   mesh = _mesh((8,), ("vocab",))
@@ -295,9 +296,10 @@ def test_adaptive_errors():
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_docs_example_runs(capsys):
   """The docs' vocab-parallel usage example is runnable and checks itself."""
-  path = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "beyond_one_device.md")
+  path = os.path.join(helpers.ROOT, "docs", "beyond_one_device.md")
   with open(path) as f:
     text = f.read()
   section = text.split("### Example (2-D data x vocab mesh", 1)[1]
