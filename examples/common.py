@@ -401,8 +401,9 @@ def fit(*, config, workdir: str, state, train_step: Callable, get_batch: Callabl
       t_pause = time.perf_counter()
       if done % config.eval_every_steps == 0 or done == total:
         results = evaluate(state)
-        writer.write(done, **results)
-        bar.write(f"step {done}: " + ", ".join(f"{k}={v:.3f}" for k, v in results.items()))
+        if results:
+          writer.write(done, **results)
+          bar.write(f"step {done}: " + ", ".join(f"{k}={v:.3f}" for k, v in results.items()))
         if on_eval is not None:
           on_eval(state, done)
         writer.plot(desc)

@@ -1,19 +1,21 @@
 """The head base: parameters declared once, and the linen / NNX shells' shared plumbing.
 
-A head is a static configuration (a NamedTuple of its constructor keywords,
-validated once when it is built) with
+A head is a static configuration (a frozen dataclass of its constructor
+keywords, validated once when it is built) with
 
 * ``param_specs()``: ``{name: ParamSpec}``, every parameter's shape,
   initialiser and class axis (the one a vocabulary-sharded head splits), and
 * pure methods ``loss`` / ``nll`` / ``log_prob`` / ``predict`` of
   ``(params, inputs, ...)``.
 
-The linen module declares the specs with ``Module.param`` (:func:`declare`)
-and the NNX module holds them as ``nnx.Param`` attributes
-(:func:`init_nnx_params`); both call the same pure methods, so each piece of
-math exists once. An NNX head draws the initial values the linen head's
-``init`` draws for the same key (the declarations run through linen's
-public ``Module.init``), so the two APIs are interchangeable at any step.
+The linen module (:class:`LinenHead`) declares the specs with
+``Module.param`` (:func:`declare`) and the NNX module (:class:`NNXHead`) holds
+them as ``nnx.Param`` attributes (:func:`init_nnx_params`); both call the same
+pure methods, so each piece of math exists once, and the sharded/unsharded
+choice is made once, when the configuration is built (its ``placement``).
+An NNX head draws the initial values the linen head's ``init`` draws for the
+same key (the declarations run through linen's public ``Module.init``), so the
+two APIs are interchangeable at any step.
 """
 from __future__ import annotations
 
