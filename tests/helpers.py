@@ -4,10 +4,19 @@ import os
 
 import jax
 import numpy as np
+import pytest
 from jax.sharding import Mesh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+
+
+def tiered(values, fast=(0,), multi=True):
+  """Parametrize ``values`` of which those at the indices ``fast`` run in the fast tier and
+  the others only in the full tier (marked ``slow``); ``multi``: each value is a tuple of
+  several arguments."""
+  return [v if i in fast else pytest.param(*(v if multi else (v,)), marks=pytest.mark.slow)
+          for i, v in enumerate(values)]
 
 
 def mesh(shape=(2,), names=("vocab",)):

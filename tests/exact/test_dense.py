@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import helpers
 import jax_bigsoftmax as jbs
 from helpers import FIXTURES
 
@@ -100,7 +101,8 @@ def _problem(n=24, d=12, v=203, seed=0, dtype=np.float32):
   return x, w, b, jnp.asarray(y, jnp.int32), cw
 
 
-@pytest.mark.parametrize("chunk_size", [1, 50, 64, 203, 1000, None])
+@pytest.mark.parametrize("chunk_size", helpers.tiered([1, 50, 64, 203, 1000, None], fast=(1, 5),
+                                                      multi=False))
 @pytest.mark.parametrize("smoothing,weighted,reduction",
                          [(0.0, False, "mean"), (0.15, True, "mean"), (0.3, False, "none"),
                           (0.0, True, "sum")])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
+import helpers
 import jax_bigsoftmax as jbs
 
 
@@ -68,7 +69,7 @@ def _kwargs(opts, cw, tw):
 
 
 @pytest.mark.parametrize("opts", OPTION_SETS, ids=lambda o: "-".join(sorted(o)) or "plain")
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("reduction", helpers.tiered(["mean", "sum", "none"], multi=False))
 def test_options_match_float64_reference(opts, reduction):
   with jax.enable_x64(True):
     x, w, b, y, cw, tw = (jnp.asarray(a) for a in _problem())
@@ -266,7 +267,7 @@ def test_bf16_with_every_option_accumulates_in_float32():
     ((8,), ("vocab",), None),
     ((4, 2), ("data", "vocab"), "data"),
 ])
-@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("reduction", helpers.tiered(["mean", "none"], multi=False))
 def test_vocab_parallel_equals_single_device_for_every_option(shape, names, data_axis, reduction):
   x, w, b, y, cw, tw = (jnp.asarray(a, jnp.float32) if a.dtype.kind == "f" else jnp.asarray(a)
                         for a in _problem(n=32, d=8, v=96))

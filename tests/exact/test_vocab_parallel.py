@@ -22,12 +22,12 @@ def _problem(n=32, d=8, v=96, seed=0):
   return x, w, b, jnp.asarray(y, jnp.int32), cw
 
 
-@pytest.mark.parametrize("shape,names,data_axis", [
+@pytest.mark.parametrize("shape,names,data_axis", helpers.tiered([
     ((8,), ("vocab",), None),
     ((8, 1), ("data", "vocab"), "data"),
     ((4, 2), ("data", "vocab"), "data"),
     ((2, 4), ("data", "vocab"), "data"),
-])
+], fast=(0, 2)))
 @pytest.mark.parametrize("smoothing,weighted,use_bias", [(0.0, False, True), (0.1, True, False)])
 def test_equals_single_device(shape, names, data_axis, smoothing, weighted, use_bias):
   x, w, b, y, cw = _problem()
@@ -208,12 +208,12 @@ def _adaptive_problem(n=32, d=8, seed=0, head_bias=True):
   return x, y, head, hb, tails
 
 
-@pytest.mark.parametrize("shape,names,data_axis,packed,ignore_index,capacity", [
+@pytest.mark.parametrize("shape,names,data_axis,packed,ignore_index,capacity", helpers.tiered([
     ((8,), ("vocab",), None, False, None, None),       # 4 clusters on 8 shards: 4 idle
     ((8, 1), ("data", "vocab"), "data", True, 3, 16),  # all clusters on one shard
     ((4, 2), ("data", "vocab"), "data", True, 3, 16),
     ((2, 4), ("data", "vocab"), "data", False, None, None),
-])
+], fast=(0, 2)))
 def test_adaptive_equals_single_device(shape, names, data_axis, packed, ignore_index, capacity):
   x, y, head, hb, tails = _adaptive_problem()
   if ignore_index is not None:

@@ -9,6 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
+import helpers
 import jax_bigsoftmax as jbs
 from jax_bigsoftmax import nnx as jnnx
 
@@ -31,6 +32,8 @@ CONFIGS = [
                                              num_true=2, remove_accidental_hits=False)),
 ]
 IDS = [c[0] for c in CONFIGS]
+# The fast tier runs the four heads' default configurations, the full tier every one.
+TIERED = helpers.tiered(CONFIGS, fast=(0, 2, 4, 7))
 
 
 def _data(seed=0, batch=(B, T)):
@@ -108,7 +111,7 @@ def _objective(name, caller, x, y):
   return jnp.sum(loss(x, y)) + 0.5 * jnp.sum(nll(x, y))
 
 
-@pytest.mark.parametrize("name,linen_head", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("name,linen_head", TIERED, ids=IDS)
 def test_from_linen_matches_linen_values_and_gradients(name, linen_head):
   params = _init(linen_head)
   head = jnnx.from_linen(linen_head, {"params": params})
@@ -183,7 +186,7 @@ def test_sampled_stream_draws_fresh_negatives_and_needs_a_key():
     keyless(x, y, rngs=3)
 
 
-@pytest.mark.parametrize("name,linen_head", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("name,linen_head", TIERED, ids=IDS)
 def test_params_have_the_linen_names_shapes_and_init(name, linen_head):
   kwargs = {f: getattr(linen_head, f) for f in linen_head.__dataclass_fields__
             if f not in ("parent", "name")}
@@ -198,7 +201,7 @@ def test_params_have_the_linen_names_shapes_and_init(name, linen_head):
     np.testing.assert_array_equal(ours[k], theirs[k])
 
 
-@pytest.mark.parametrize("name,linen_head", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("name,linen_head", TIERED, ids=IDS)
 def test_split_merge_and_linen_params_round_trip(name, linen_head):
   params = _init(linen_head)
   head = jnnx.from_linen(linen_head, params)
@@ -220,7 +223,7 @@ def test_split_merge_and_linen_params_round_trip(name, linen_head):
     np.testing.assert_array_equal(doubled[k], params[k] * 2.0)
 
 
-@pytest.mark.parametrize("name,linen_head", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("name,linen_head", TIERED, ids=IDS)
 def test_vmap_over_a_batch_axis(name, linen_head):
   head = jnnx.from_linen(linen_head, _init(linen_head))
   x, y = _data(seed=6)
@@ -237,7 +240,7 @@ def test_vmap_over_a_batch_axis(name, linen_head):
   _close(by_state, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,linen_head", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("name,linen_head", TIERED, ids=IDS)
 def test_nnx_jit_optimizer_steps_reduce_the_loss(name, linen_head):
   kwargs = {f: getattr(linen_head, f) for f in linen_head.__dataclass_fields__
             if f not in ("parent", "name")}
